@@ -1,0 +1,1 @@
+"""relayrl: actors package (kept import-light)."""

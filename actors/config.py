@@ -1,0 +1,77 @@
+"""The rollout side's knobs: vLLM rollout workers, reward scorers and the group buffer.
+
+Structured dataclasses only; defaults live here and nowhere else. Import-light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Any, Optional
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 64
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclasses.dataclass
+class RolloutConfig:
+    num_workers: int = 1  # vLLM engines, each its own Ray actor
+    tensor_parallel_size: int = 1  # GPU only
+    n: int = 8  # completions per prompt (group size G)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    max_model_len: int = 512
+    kv_cache_gib: float = 0.25  # explicit KV-cache size (on CPU vLLM otherwise takes a share of host RAM)
+    gpu_memory_utilization: float = 0.85  # GPU only
+    enforce_eager: bool = True
+    dtype: str = ""  # "" = the model's dtype from model.dtype
+    seed: int = 0
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = 0  # 0 = all cores of the machine / worker count
+    record_routed_experts: bool = False  # MoE routing replay (see DESIGN.md)
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM as is
+
+
+@dataclasses.dataclass
+class RewardFunctionSpec:
+    name: str = ""
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    functions: list[RewardFunctionSpec] = field(default_factory=list)
+    num_scorers: int = 1
+    timeout_s: float = 10.0  # per reward function call; a timeout scores 0 and is counted
+    cpus_per_scorer: float = 0.0
+    model_path: Optional[str] = None  # sequence-classification reward model (own actor)
+
+
+@dataclasses.dataclass
+class GFPOConfig:
+    enabled: bool = False
+    keep: int = 4  # k of the n = rollout.n samples are trained on
+    metric: str = "length"  # length | reward_per_token
+
+
+@dataclasses.dataclass
+class OverlongConfig:
+    enabled: bool = False
+    max_length: int = 0  # 0 = rollout.sampling.max_new_tokens
+    cache_length: int = 16
+    factor: float = 1.0
+
+
+@dataclasses.dataclass
+class BufferConfig:
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
+    max_extra_rounds: int = 3  # bound on extra generation rounds to fill a batch with valid groups
+    gfpo: GFPOConfig = field(default_factory=GFPOConfig)
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
+    max_staleness: int = 1  # async: groups more than this many versions behind are refused

@@ -1,0 +1,62 @@
+"""The wire types that travel from rollout workers through reward scorers and the buffer to the driver.
+
+Plain dataclasses of Python lists and scalars (no tensors): they pickle cheaply through Ray's
+object store and need no heavy import. The driver turns released groups into the learner's own
+tensor batch (learner/batch.py); the learner never sees these types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass
+class Sample:
+    """One completion of one prompt.
+
+    prompt_ids / response_ids: token ids; logprobs[i] is the sampler's log-probability of
+    response_ids[i] under the sampling distribution (temperature applied), len == len(response_ids).
+    finish_reason: "stop" (EOS or a stop string), "length" (hit max new tokens) or "abort".
+    policy_version: the weight version of the engine that produced the sample — every sample knows it.
+    """
+
+    prompt_id: str
+    prompt: str
+    prompt_ids: list[int]
+    response: str
+    response_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+    policy_version: int
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # task fields, e.g. the answer
+    reward: float = 0.0
+    reward_components: dict[str, float] = dataclasses.field(default_factory=dict)
+    reward_error: str | None = None  # set when a scorer failed or timed out (reward is then 0)
+    routed_experts: Any = None  # MoE routing replay: per-token expert ids from the sampler, when recorded
+
+    @property
+    def response_length(self) -> int:
+        return len(self.response_ids)
+
+
+@dataclasses.dataclass
+class Group:
+    """All n completions of one prompt; advantages are computed within a group."""
+
+    prompt_id: str
+    samples: list[Sample]
+    generate_seconds: float = 0.0
+    score_seconds: float = 0.0
+
+    @property
+    def rewards(self) -> list[float]:
+        return [s.reward for s in self.samples]
+
+    @property
+    def policy_version(self) -> int:
+        """The oldest version among the samples: staleness is judged by the worst sample."""
+        return min(s.policy_version for s in self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)

@@ -1,0 +1,1 @@
+"""relayrl: cluster package (kept import-light)."""

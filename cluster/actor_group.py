@@ -1,0 +1,126 @@
+"""One place that turns plain Python classes into Ray actors on a placement group and calls them in batch.
+
+Actor classes (actors/, learner/) know nothing of Ray; `ray.remote(**opts)(cls)` is applied here.
+Every group gets its own placement group (one bundle per actor), so learner ranks, rollout workers
+and reward scorers are sized and placed independently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from typing import Any, Callable, Sequence
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+
+class ActorCallTimeout(TimeoutError):
+    """A batched call did not finish in time; the message names the actors that did not answer."""
+
+
+@dataclasses.dataclass
+class GroupSpec:
+    name: str  # e.g. "learner", "rollout", "reward"
+    num_actors: int
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    strategy: str = "PACK"  # placement-group strategy: PACK | SPREAD | STRICT_PACK
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # extra env vars for every actor
+
+
+class ActorGroup:
+    """N actors of one class, one placement-group bundle each, with batched (async) calls.
+
+    `env_for(i)` can give actor i its own environment (ranks, thread binding) on top of `spec.env`.
+    """
+
+    def __init__(
+        self,
+        spec: GroupSpec,
+        cls: type,
+        args_for: Callable[[int], tuple[tuple, dict]],
+        env_for: Callable[[int], dict[str, str]] | None = None,
+        max_concurrency: int = 1,
+    ):
+        self.spec = spec
+        bundles = [{"CPU": spec.cpus_per_actor, **({"GPU": spec.gpus_per_actor} if spec.gpus_per_actor else {})}
+                   for _ in range(spec.num_actors)]
+        # Ray rejects empty bundles: a zero-CPU actor still gets a tiny share to pin its bundle.
+        for b in bundles:
+            if not any(b.values()):
+                b["CPU"] = 0.01
+        self.pg = placement_group(bundles, strategy=spec.strategy, name=f"relayrl-{spec.name}-{os.getpid()}")
+        ray.get(self.pg.ready(), timeout=300)
+        remote_cls = ray.remote(cls)
+        self.actors = []
+        for i in range(spec.num_actors):
+            env = {**spec.env, **(env_for(i) if env_for else {})}
+            args, kwargs = args_for(i)
+            opts = dict(
+                num_cpus=bundles[i]["CPU"],
+                num_gpus=spec.gpus_per_actor,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                runtime_env={"env_vars": env} if env else None,
+                max_concurrency=max_concurrency,
+                name=None,
+            )
+            self.actors.append(remote_cls.options(**opts).remote(*args, **kwargs))
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def call_async(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
+        """Call `method` with the same arguments on every actor; returns the refs (no waiting)."""
+        return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
+
+    def call_each_async(self, method: str, per_actor: Sequence[tuple[tuple, dict]]) -> list[ray.ObjectRef]:
+        """Call `method` on actor i with per_actor[i] = (args, kwargs)."""
+        if len(per_actor) != len(self.actors):
+            raise ValueError(f"{self.spec.name}: {len(per_actor)} argument sets for {len(self.actors)} actors")
+        return [getattr(a, method).remote(*args, **kw) for a, (args, kw) in zip(self.actors, per_actor)]
+
+    def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> list[Any]:
+        return self.wait(self.call_async(method, *args, **kwargs), method, timeout)
+
+    def call_each(self, method: str, per_actor: Sequence[tuple[tuple, dict]], timeout: float | None = None) -> list[Any]:
+        return self.wait(self.call_each_async(method, per_actor), method, timeout)
+
+    def wait(self, refs: list[ray.ObjectRef], what: str, timeout: float | None) -> list[Any]:
+        """ray.get on all refs; on timeout, raise naming which of this group's actors did not answer."""
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        if pending:
+            late = [f"{self.spec.name}[{refs.index(r)}]" for r in pending]
+            raise ActorCallTimeout(f"{what}: no answer within {timeout:.0f}s from {', '.join(late)}")
+        return ray.get(refs)
+
+    def shutdown(self, method: str | None = "shutdown", timeout: float = 30.0) -> None:
+        if method:
+            try:
+                ray.get(self.call_async(method), timeout=timeout)
+            except Exception:  # a dead actor must not stop the others from being cleaned up
+                pass
+        for a in self.actors:
+            ray.kill(a)
+        remove_placement_group(self.pg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def node_ip() -> str:
+    return ray.util.get_node_ip_address()
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)

@@ -1,0 +1,215 @@
+"""The whole run's typed configuration: the schema composed from each package's own dataclasses,
+loading (YAML + dotlist overrides), key checking with "did you mean", and YAML dump.
+
+Defaults live only in the dataclasses; configs/*.yaml hold overrides. Cross-field checks live in
+cluster/validate.py and run once, before any actor starts. Import-light (no torch, ray, vllm).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from actors.config import BufferConfig, RewardConfig, RolloutConfig
+from learner.algorithms.registry import suggest
+from learner.config import AlgorithmConfig, LearnerConfig
+
+
+@dataclasses.dataclass
+class TinyConfig:
+    """The project's own tiny Qwen3, built at model.path when missing (see cluster/tiny_model.py)."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    moe: bool = False
+    num_experts: int = 8
+    num_experts_per_tok: int = 2
+    moe_intermediate_size: int = 64
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    path: str = ""  # a Hugging Face model directory (config, safetensors, tokenizer)
+    dtype: str = "float32"  # float32 | bfloat16 (rollout and learner)
+    tiny: Optional[TinyConfig] = None  # set: build the project's tiny model at `path` if it is missing
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=list)  # jsonl or parquet
+    eval_files: list[str] = field(default_factory=list)
+    prompt_key: str = "prompt"  # the field that holds the prompt text; every other field goes to sample.meta
+    prompt_template: str = "{prompt}"  # str.format over the row's fields, e.g. "{question}\nAnswer:"
+    chat_template: bool = False  # wrap the prompt with the tokenizer's chat template
+    system_prompt: Optional[str] = None
+    max_prompt_tokens: int = 256  # longer prompts are an error at load time, naming file and line
+    shuffle: bool = True
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class WarmStartConfig:
+    """Supervised warm start (cross-entropy on prompt -> reference answer) through the same learner."""
+
+    steps: int = 0
+    batch_size: int = 64
+    lr: float = 1e-3
+    target_key: str = "answer"  # the data field the model is taught to output (plus EOS)
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    mode: str = "sync"  # sync | async (async needs algorithm.off_policy != none)
+    total_steps: int = 10
+    prompts_per_step: int = 8  # B groups per step (each rollout.n samples)
+    seed: int = 0
+    eval_every: int = 10  # 0 disables periodic evaluation (before/after RL still run when eval files exist)
+    eval_n: int = 1  # samples per eval prompt (pass@k with k = eval_n)
+    eval_temperature: float = 0.0  # 0 = greedy
+    eval_max_prompts: int = 0  # 0 = all
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+
+
+@dataclasses.dataclass
+class WeightSyncConfig:
+    backend: str = "auto"  # auto (gloo on CPU, nccl on GPU) | gloo | nccl
+    bucket_mb: float = 64.0
+    timeout_s: float = 120.0  # a broadcast not done by then fails, naming who did not answer
+    verify_every: int = 0  # probe-logprob check of every rollout worker every N steps (0 = never)
+    verify_tolerance: float = 1e-4
+
+
+@dataclasses.dataclass
+class ClusterConfig:
+    address: Optional[str] = None  # Ray address to join; None: RAY_ADDRESS, else a local cluster
+    num_cpus: Optional[int] = None  # local cluster only
+    device: str = "cpu"  # cpu | cuda
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    run_dir: str = ""  # "" = runs/<name>-<time>
+    name: str = "relayrl"
+    tensorboard: bool = True
+    wandb_project: Optional[str] = None
+    dump_samples_every: int = 10
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every: int = 0  # steps; 0 = only at the end
+    keep_last: int = 2
+    resume: Optional[str] = None  # a run directory to continue from its latest checkpoint
+    export_hf: bool = True  # write the final Hugging Face model directory
+
+
+@dataclasses.dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message says what to change."""
+
+
+def check_keys(schema: Any, given: Any, path: str = "") -> None:
+    """Raise on a key the schema does not have, with a "did you mean" hint and the dotted path.
+
+    `schema` is a dataclass instance; free-form `dict` fields (params, engine kwargs) are not walked:
+    their contents are checked by whoever owns them (e.g. the algorithm registries).
+    """
+    if not isinstance(given, (dict, DictConfig)):
+        return
+    names = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in given.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{where}'{suggest(str(key), names)}; "
+                              f"valid keys under '{path or '<root>'}': {', '.join(sorted(names))}")
+        sub = getattr(schema, key)
+        if dataclasses.is_dataclass(sub):
+            check_keys(sub, value, where)
+        elif sub is None and value is not None:
+            _check_optional_dataclass(schema, key, value, where)
+        elif isinstance(sub, list) and isinstance(value, (list, ListConfig)):
+            elem = _list_element_type(schema, key)
+            if elem is not None:
+                for i, item in enumerate(value):
+                    check_keys(elem(), item, f"{where}[{i}]")
+
+
+def _field_type(schema: Any, key: str) -> Any:
+    import typing
+
+    hints = typing.get_type_hints(type(schema))
+    return hints[key]
+
+
+def _check_optional_dataclass(schema: Any, key: str, value: Any, where: str) -> None:
+    import typing
+
+    for arg in typing.get_args(_field_type(schema, key)):
+        if dataclasses.is_dataclass(arg):
+            check_keys(arg(), value, where)
+
+
+def _list_element_type(schema: Any, key: str) -> Optional[type]:
+    import typing
+
+    args = typing.get_args(_field_type(schema, key))
+    return args[0] if args and dataclasses.is_dataclass(args[0]) else None
+
+
+def load_config(path: Optional[str | Path] = None, overrides: list[str] | None = None) -> RunConfig:
+    """Schema defaults <- YAML file <- dotlist overrides (`key.sub=value`), checked and typed.
+
+    Returns a `RunConfig` object (typed attribute access); cross-field validation is separate
+    (cluster.validate.validate) so that tools can load a config without judging it.
+    """
+    layers = []
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        layers.append(OmegaConf.load(p))
+    if overrides:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trainer.total_steps=20)")
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    schema = OmegaConf.structured(RunConfig)
+    for layer in layers:
+        check_keys(RunConfig(), OmegaConf.to_container(layer, resolve=False))
+    try:
+        merged = OmegaConf.merge(schema, *layers)
+        return OmegaConf.to_object(merged)
+    except Exception as e:  # omegaconf's type errors: keep its message, say it is the config's fault
+        raise ConfigError(f"invalid config value: {e}") from None
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(to_yaml(cfg))

@@ -1,0 +1,193 @@
+"""Named cross-field checks, run once before any actor starts.
+
+Each check is a small function registered with `@check`; it returns None or a message that says
+what to change. `validate(cfg)` runs them all and raises one error listing every problem, so a user
+fixes a config in one pass instead of one restart per mistake.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from actors.reward.registry import REWARD_FUNCTIONS
+from cluster.config import ConfigError, RunConfig
+from learner.algorithms import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, OFF_POLICY, SURROGATES
+
+CHECKS: dict[str, Callable[[RunConfig], Optional[str]]] = {}
+
+# Estimators whose baseline is the group's other samples: a group of one has no signal.
+GROUP_RELATIVE = {"grpo", "dr_grpo", "rloo", "reinforce_pp"}
+
+
+def check(fn: Callable[[RunConfig], Optional[str]]) -> Callable[[RunConfig], Optional[str]]:
+    CHECKS[fn.__name__] = fn
+    return fn
+
+
+def samples_per_step(cfg: RunConfig) -> int:
+    """Sequences the learner trains on per step (GFPO trains on the kept k of each group)."""
+    per_group = cfg.buffer.gfpo.keep if cfg.buffer.gfpo.enabled else cfg.rollout.n
+    return cfg.trainer.prompts_per_step * per_group
+
+
+@check
+def choices_exist(cfg: RunConfig) -> Optional[str]:
+    a = cfg.algorithm
+    problems = []
+    for registry, choice, where in [
+        (ADVANTAGE_ESTIMATORS, a.advantage, "algorithm.advantage"),
+        (SURROGATES, a.surrogate, "algorithm.surrogate"),
+        (AGGREGATIONS, a.aggregation, "algorithm.aggregation"),
+        (OFF_POLICY, a.off_policy, "algorithm.off_policy"),
+    ]:
+        try:
+            registry.make_params(choice.name, choice.params)
+        except (KeyError, ValueError) as e:
+            problems.append(f"{where}: {e.args[0]}")
+    if a.kl_coef > 0 and a.kl_estimator not in KL_ESTIMATORS:
+        problems.append(f"algorithm.kl_estimator: unknown '{a.kl_estimator}'; valid: {', '.join(KL_ESTIMATORS.names())}")
+    return "; ".join(problems) or None
+
+
+@check
+def reward_functions_exist(cfg: RunConfig) -> Optional[str]:
+    if not cfg.reward.functions and not cfg.reward.model_path:
+        return "reward.functions is empty: name at least one reward function (e.g. {name: exact_match}) or set reward.model_path"
+    problems = []
+    for i, spec in enumerate(cfg.reward.functions):
+        try:
+            REWARD_FUNCTIONS.make_params(spec.name, spec.params)
+        except (KeyError, ValueError) as e:
+            problems.append(f"reward.functions[{i}]: {e.args[0]}")
+    return "; ".join(problems) or None
+
+
+@check
+def group_size_for_group_estimator(cfg: RunConfig) -> Optional[str]:
+    n = cfg.buffer.gfpo.keep if cfg.buffer.gfpo.enabled else cfg.rollout.n
+    if cfg.algorithm.advantage.name in GROUP_RELATIVE and n < 2:
+        return (f"algorithm.advantage '{cfg.algorithm.advantage.name}' compares samples within a group, but each "
+                f"group trains on {n} sample(s): set rollout.n >= 2 (and buffer.gfpo.keep >= 2 with GFPO)")
+    return None
+
+
+@check
+def async_needs_off_policy_correction(cfg: RunConfig) -> Optional[str]:
+    if cfg.trainer.mode == "async" and cfg.algorithm.off_policy.name == "none":
+        return ("trainer.mode=async trains on samples from older weights: set algorithm.off_policy.name to "
+                "tis, seq_mask or icepop (truncated importance sampling against the sampler's logprobs)")
+    return None
+
+
+@check
+def batch_divides_ranks(cfg: RunConfig) -> Optional[str]:
+    total, k, m = samples_per_step(cfg), cfg.learner.num_ranks, cfg.algorithm.mini_batches
+    if total % (k * m):
+        stage = f" (ZeRO-{cfg.learner.zero_stage})" if cfg.learner.zero_stage else ""
+        return (f"{total} sequences per step (trainer.prompts_per_step x group size) do not split evenly over "
+                f"learner.num_ranks={k}{stage} x algorithm.mini_batches={m}: make prompts_per_step x group size "
+                f"a multiple of {k * m}")
+    return None
+
+
+@check
+def enum_values(cfg: RunConfig) -> Optional[str]:
+    allowed = [
+        ("trainer.mode", cfg.trainer.mode, {"sync", "async"}),
+        ("model.dtype", cfg.model.dtype, {"float32", "bfloat16"}),
+        ("cluster.device", cfg.cluster.device, {"cpu", "cuda"}),
+        ("learner.zero_stage", cfg.learner.zero_stage, {0, 1, 2, 3}),
+        ("learner.dtype", cfg.learner.dtype, {"float32", "bfloat16"}),
+        ("learner.optimizer.name", cfg.learner.optimizer.name, {"adamw", "cpu_adam", "fused_adam"}),
+        ("learner.optimizer.schedule", cfg.learner.optimizer.schedule, {"constant", "linear", "cosine"}),
+        ("weight_sync.backend", cfg.weight_sync.backend, {"auto", "gloo", "nccl"}),
+        ("buffer.gfpo.metric", cfg.buffer.gfpo.metric, {"length", "reward_per_token"}),
+    ]
+    bad = [f"{k}={v!r} (valid: {', '.join(map(str, sorted(ok, key=str)))})" for k, v, ok in allowed if v not in ok]
+    return ("invalid values: " + "; ".join(bad)) if bad else None
+
+
+@check
+def device_consistency(cfg: RunConfig) -> Optional[str]:
+    if cfg.cluster.device == "cpu":
+        if cfg.weight_sync.backend == "nccl":
+            return "weight_sync.backend=nccl needs GPUs: use auto or gloo with cluster.device=cpu"
+        if cfg.rollout.tensor_parallel_size > 1:
+            return "rollout.tensor_parallel_size > 1 needs GPUs (cluster.device=cuda); vLLM's CPU build runs TP 1 here"
+        if cfg.learner.gpus_per_rank > 0:
+            return "learner.gpus_per_rank > 0 with cluster.device=cpu: set cluster.device=cuda or gpus_per_rank=0"
+    return None
+
+
+@check
+def positive_sizes(cfg: RunConfig) -> Optional[str]:
+    sizes = {
+        "trainer.total_steps": cfg.trainer.total_steps, "trainer.prompts_per_step": cfg.trainer.prompts_per_step,
+        "rollout.n": cfg.rollout.n, "rollout.num_workers": cfg.rollout.num_workers,
+        "learner.num_ranks": cfg.learner.num_ranks, "reward.num_scorers": cfg.reward.num_scorers,
+        "algorithm.epochs": cfg.algorithm.epochs, "algorithm.mini_batches": cfg.algorithm.mini_batches,
+        "rollout.sampling.max_new_tokens": cfg.rollout.sampling.max_new_tokens,
+        "learner.micro_batch_tokens": cfg.learner.micro_batch_tokens,
+    }
+    bad = [f"{k}={v}" for k, v in sizes.items() if v < 1]
+    return ("must be >= 1: " + ", ".join(bad)) if bad else None
+
+
+@check
+def sequence_fits_engine(cfg: RunConfig) -> Optional[str]:
+    need = cfg.data.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens
+    if need > cfg.rollout.max_model_len:
+        return (f"data.max_prompt_tokens + rollout.sampling.max_new_tokens = {need} exceeds rollout.max_model_len="
+                f"{cfg.rollout.max_model_len}: raise max_model_len or lower one of the two")
+    if cfg.learner.micro_batch_tokens < need:
+        return (f"learner.micro_batch_tokens={cfg.learner.micro_batch_tokens} cannot hold one full sequence "
+                f"({need} tokens): raise it to at least {need}")
+    return None
+
+
+@check
+def gfpo_keeps_fewer(cfg: RunConfig) -> Optional[str]:
+    g = cfg.buffer.gfpo
+    if g.enabled and not (1 <= g.keep < cfg.rollout.n):
+        return f"buffer.gfpo.keep={g.keep} must be in [1, rollout.n={cfg.rollout.n}): GFPO samples n and trains on k < n"
+    return None
+
+
+@check
+def overlong_window(cfg: RunConfig) -> Optional[str]:
+    o = cfg.buffer.overlong
+    max_len = o.max_length or cfg.rollout.sampling.max_new_tokens
+    if o.enabled and not (0 < o.cache_length < max_len):
+        return f"buffer.overlong.cache_length={o.cache_length} must be in (0, max_length={max_len})"
+    return None
+
+
+@check
+def eval_sampling(cfg: RunConfig) -> Optional[str]:
+    if cfg.trainer.eval_n > 1 and cfg.trainer.eval_temperature == 0:
+        return "trainer.eval_n > 1 with eval_temperature=0 repeats one greedy answer: set eval_temperature > 0 or eval_n=1"
+    return None
+
+
+@check
+def model_and_data_given(cfg: RunConfig) -> Optional[str]:
+    problems = []
+    if not cfg.model.path:
+        problems.append("model.path is empty: point it at a Hugging Face model directory")
+    elif cfg.model.tiny is None and not Path(cfg.model.path).expanduser().is_dir():
+        problems.append(f"model.path '{cfg.model.path}' is not a directory (set model.tiny to build the demo model there)")
+    if not cfg.data.train_files:
+        problems.append("data.train_files is empty: give one or more jsonl/parquet files")
+    for f in [*cfg.data.train_files, *cfg.data.eval_files]:
+        if not Path(f).expanduser().exists():
+            problems.append(f"data file not found: {f}")
+    return "; ".join(problems) or None
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Run every named check; raise one ConfigError listing all failures as `[check] message`."""
+    failures = [f"[{name}] {msg}" for name, fn in CHECKS.items() if (msg := fn(cfg))]
+    if failures:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(failures))
+    return cfg

@@ -1,0 +1,1 @@
+"""relayrl: learner package (kept import-light)."""

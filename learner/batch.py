@@ -1,0 +1,79 @@
+"""The learner's own input type: ragged sequences as tensors, plus per-sequence training targets.
+
+The driver (cluster/) builds one `LearnerBatch` per step from the buffer's groups; the learner never
+sees the rollout side's types. Sequences stay ragged (a list of 1-D tensors) so the learner can pack
+them into micro-batches by a token budget instead of padding to the longest sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import torch
+
+
+@dataclasses.dataclass
+class LearnerBatch:
+    """B sequences. For sequence i with prompt length P_i and response length R_i:
+
+    input_ids[i]:        long [P_i + R_i]   prompt then response token ids
+    prompt_lengths[i]:   int                P_i
+    sampler_logprobs[i]: float [R_i]        the rollout engine's logprobs of the response tokens
+    advantages:          float [B]          per-sequence advantage (0 for samples GFPO did not keep)
+    rewards:             float [B]          for logging
+    group_index:         long [B]           which prompt group each sequence belongs to
+    policy_versions:     long [B]           version of the weights that sampled each sequence
+    loss_mask:           bool [B]           False: sequence contributes nothing to the loss
+    routed_experts:      optional per-sequence MoE routing from the sampler (routing replay)
+    """
+
+    input_ids: list[torch.Tensor]
+    prompt_lengths: list[int]
+    sampler_logprobs: list[torch.Tensor]
+    advantages: torch.Tensor
+    rewards: torch.Tensor
+    group_index: torch.Tensor
+    policy_versions: torch.Tensor
+    loss_mask: torch.Tensor
+    routed_experts: Optional[list[Any]] = None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def response_lengths(self) -> list[int]:
+        return [int(x.numel()) - p for x, p in zip(self.input_ids, self.prompt_lengths)]
+
+    def select(self, idx: list[int]) -> "LearnerBatch":
+        """The sub-batch of sequences `idx`, in that order."""
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return LearnerBatch(
+            input_ids=[self.input_ids[i] for i in idx],
+            prompt_lengths=[self.prompt_lengths[i] for i in idx],
+            sampler_logprobs=[self.sampler_logprobs[i] for i in idx],
+            advantages=self.advantages[t],
+            rewards=self.rewards[t],
+            group_index=self.group_index[t],
+            policy_versions=self.policy_versions[t],
+            loss_mask=self.loss_mask[t],
+            routed_experts=None if self.routed_experts is None else [self.routed_experts[i] for i in idx],
+        )
+
+    def shard(self, rank: int, world_size: int, mini_batches: int = 1) -> "LearnerBatch":
+        """This rank's part, laid out so that rank r's mini-batch m is the r-th slice of global mini-batch m.
+
+        That layout is what makes K ranks compute the same update as one rank: each optimizer step
+        sees exactly the same global set of sequences whatever the world size. Requires
+        len(batch) % (world_size * mini_batches) == 0 (checked in config validation).
+        """
+        n = len(self)
+        parts = world_size * mini_batches
+        if n % parts:
+            raise ValueError(f"batch of {n} sequences does not split into {world_size} ranks x {mini_batches} mini-batches")
+        per_mb, per_rank = n // mini_batches, n // parts
+        idx = [m * per_mb + rank * per_rank + j for m in range(mini_batches) for j in range(per_rank)]
+        return self.select(idx)
+
+    def mini_batch(self, m: int, mini_batches: int) -> "LearnerBatch":
+        per = len(self) // mini_batches
+        return self.select(list(range(m * per, (m + 1) * per)))

@@ -1,0 +1,75 @@
+"""The learner's knobs: the algorithm (estimator x surrogate x aggregation, KL, entropy, off-policy
+correction) and the DeepSpeed engine. Structured dataclasses only; defaults live here and nowhere
+else. Import-light: no torch, no deepspeed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Any, Optional
+
+
+@dataclasses.dataclass
+class Choice:
+    """A registry entry selected by name with that entry's own params (checked against its dataclass)."""
+
+    name: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _choice(name: str, **params: Any) -> Any:
+    return field(default_factory=lambda: Choice(name=name, params=dict(params)))
+
+
+@dataclasses.dataclass
+class AlgorithmConfig:
+    """A policy-gradient loss is three independent choices plus regularisers.
+
+    advantage:   ADVANTAGE_ESTIMATORS  (grpo, dr_grpo, rloo, reinforce_pp)
+    surrogate:   SURROGATES            (ppo_clip, gspo, gspo_token, cispo)
+    aggregation: AGGREGATIONS          (token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm)
+    off_policy:  OFF_POLICY            (none, tis, seq_mask, icepop) — learner old logprobs vs sampler logprobs
+    """
+
+    advantage: Choice = _choice("grpo")
+    surrogate: Choice = _choice("ppo_clip")
+    aggregation: Choice = _choice("token-mean")
+    off_policy: Choice = _choice("none")
+    kl_coef: float = 0.0  # KL(policy || reference) in the loss; 0 disables the reference model
+    kl_estimator: str = "k3"
+    kl_in_reward: bool = False  # put the KL into the reward (PPO-style) instead of the loss
+    entropy_coef: float = 0.0
+    epochs: int = 1  # passes over each rollout batch
+    mini_batches: int = 1  # optimizer steps per epoch; >1 makes later updates off-policy (ratio != 1)
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    name: str = "adamw"  # adamw (torch) | cpu_adam (DeepSpeedCPUAdam, with optimizer offload) | fused_adam
+    lr: float = 1e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | linear | cosine (decay over trainer.total_steps)
+    min_lr_ratio: float = 0.0
+
+
+@dataclasses.dataclass
+class LearnerConfig:
+    num_ranks: int = 1  # DeepSpeed data-parallel world size (one Ray actor per rank)
+    zero_stage: int = 2
+    dtype: str = "float32"  # float32 | bfloat16
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    grad_clip: float = 1.0
+    gradient_checkpointing: bool = False
+    micro_batch_tokens: int = 8192  # token budget per micro-batch (dynamic batch size)
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    threads_per_rank: int = 0  # torch threads per rank; 0 = cores / ranks
+    cpus_per_rank: float = 1.0  # Ray resources
+    gpus_per_rank: float = 0.0
+    seed: int = 0
+    extra_deepspeed: dict[str, Any] = field(default_factory=dict)  # merged into the DeepSpeed config
+    moe_aux_loss_coef: Optional[float] = None  # None keeps the model config's router aux loss coef
