@@ -48,6 +48,7 @@ class Group:
     samples: list[Sample]
     generate_seconds: float = 0.0
     score_seconds: float = 0.0
+    kept: list[int] | None = None  # GFPO: indices of the samples trained on (None = all)
 
     @property
     def rewards(self) -> list[float]:
@@ -60,3 +61,6 @@ class Group:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def trained_samples(self) -> list[Sample]:
+        return self.samples if self.kept is None else [self.samples[i] for i in self.kept]

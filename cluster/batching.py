@@ -1,0 +1,61 @@
+"""Groups (rollout side) -> LearnerBatch (learner side): the one place the two vocabularies meet.
+
+Advantages are computed here, on the whole global batch, before it is sharded across learner ranks:
+group statistics (and REINFORCE++'s batch whitening) must see every sample, whatever the world size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from actors.types import Group
+from learner.algorithms import compute_advantages
+from learner.batch import LearnerBatch
+from learner.config import AlgorithmConfig
+
+
+def groups_to_batch(groups: list[Group], algo: AlgorithmConfig) -> LearnerBatch:
+    """Flatten the trained samples of `groups` (GFPO: only the kept ones) and attach advantages."""
+    samples, gidx = [], []
+    for g_i, group in enumerate(groups):
+        for s in group.trained_samples():
+            samples.append(s)
+            gidx.append(g_i)
+    rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+    group_index = torch.tensor(gidx, dtype=torch.long)
+    advantages = compute_advantages(algo.advantage.name, rewards, group_index, **algo.advantage.params)
+    routed = [s.routed_experts for s in samples]
+    return LearnerBatch(
+        input_ids=[torch.tensor(s.prompt_ids + s.response_ids, dtype=torch.long) for s in samples],
+        prompt_lengths=[len(s.prompt_ids) for s in samples],
+        sampler_logprobs=[torch.tensor(s.logprobs, dtype=torch.float32) for s in samples],
+        advantages=advantages.float(),
+        rewards=rewards,
+        group_index=group_index,
+        policy_versions=torch.tensor([s.policy_version for s in samples], dtype=torch.long),
+        loss_mask=torch.ones(len(samples), dtype=torch.bool),
+        routed_experts=routed if any(r is not None for r in routed) else None,
+    )
+
+
+def sft_batch(prompts: list[dict[str, Any]], tokenizer: Any, target_key: str) -> LearnerBatch:
+    """A supervised batch: prompt -> meta[target_key] followed by EOS, loss on the target tokens only."""
+    ids, plens = [], []
+    for p in prompts:
+        prompt_ids = tokenizer(p["prompt"], add_special_tokens=False)["input_ids"]
+        target_ids = tokenizer(str(p["meta"][target_key]), add_special_tokens=False)["input_ids"]
+        ids.append(torch.tensor(prompt_ids + target_ids + [tokenizer.eos_token_id], dtype=torch.long))
+        plens.append(len(prompt_ids))
+    n = len(ids)
+    return LearnerBatch(
+        input_ids=ids,
+        prompt_lengths=plens,
+        sampler_logprobs=[torch.zeros(int(x.numel()) - p) for x, p in zip(ids, plens)],
+        advantages=torch.zeros(n),
+        rewards=torch.zeros(n),
+        group_index=torch.arange(n),
+        policy_versions=torch.zeros(n, dtype=torch.long),
+        loss_mask=torch.ones(n, dtype=torch.bool),
+    )

@@ -1,0 +1,85 @@
+"""Atomic run checkpoints: the learner's DeepSpeed state plus the driver's own state.
+
+Layout: RUN_DIR/checkpoints/step_000006/{learner/ (DeepSpeed), trainer_state.json} and
+RUN_DIR/checkpoints/latest (the name of the newest complete checkpoint). A checkpoint is written
+into a `.tmp` directory and renamed into place, and `latest` is replaced atomically after that, so a
+crash mid-write never leaves a corrupt "latest". Only the newest `keep_last` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class Checkpointer:
+    def __init__(self, run_dir: Path, keep_last: int):
+        self.root = run_dir / "checkpoints"
+        self.keep_last = max(1, keep_last)
+
+    def save(self, step: int, trainer_state: dict[str, Any], save_learner: Callable[[str], None]) -> Path:
+        """`save_learner(dir)` writes the learner's state into dir (collective across learner ranks)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"step_{step:06d}"
+        final, tmp = self.root / name, self.root / f"{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_learner(str(tmp / "learner"))
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, default=_json_default))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        latest_tmp = self.root / "latest.tmp"
+        latest_tmp.write_text(name)
+        os.replace(latest_tmp, self.root / "latest")
+        self._prune()
+        return final
+
+    def _prune(self) -> None:
+        done = sorted(p for p in self.root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+        for old in done[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    @staticmethod
+    def latest(run_dir: str | Path) -> Optional[Path]:
+        pointer = Path(run_dir) / "checkpoints" / "latest"
+        if not pointer.exists():
+            return None
+        path = pointer.parent / pointer.read_text().strip()
+        if not (path / "trainer_state.json").exists():
+            raise FileNotFoundError(f"{pointer} names {path.name}, which is incomplete or missing")
+        return path
+
+    @staticmethod
+    def load_state(ckpt: Path) -> dict[str, Any]:
+        return json.loads((ckpt / "trainer_state.json").read_text())

@@ -1,0 +1,58 @@
+"""Held-out evaluation (pass@k) and the per-step rollout statistics.
+
+A sample counts as correct when its reward component `eval_component` (default: the first reward
+function) is at least `eval_threshold`; a prompt passes when any of its k samples is correct.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from actors.types import Group
+
+if TYPE_CHECKING:
+    from cluster.run_setup import Run
+
+
+def is_correct(sample: Any, component: str, threshold: float) -> bool:
+    return sample.reward_components.get(component, sample.reward) >= threshold
+
+
+def evaluate(run: "Run") -> dict[str, float]:
+    cfg = run.cfg.trainer
+    prompts = run.eval_prompts[: cfg.eval_max_prompts or None]
+    sampling = {"temperature": cfg.eval_temperature}
+    groups = list(run.rollout.generate([{**p, "seed": i} for i, p in enumerate(prompts)], cfg.eval_n, sampling))
+    passed = sum(any(is_correct(s, run.eval_component, run.eval_threshold) for s in g.samples) for g in groups)
+    lengths = [s.response_length for g in groups for s in g.samples]
+    return {
+        "eval/accuracy": passed / max(1, len(groups)),
+        "eval/correct": float(passed),
+        "eval/prompts": float(len(groups)),
+        "eval/reward_mean": statistics.fmean(s.reward for g in groups for s in g.samples),
+        "eval/response_length_mean": statistics.fmean(lengths) if lengths else 0.0,
+    }
+
+
+def rollout_stats(groups: list[Group], component: str, threshold: float) -> dict[str, float]:
+    samples = [s for g in groups for s in g.samples]
+    rewards = [s.reward for s in samples]
+    lengths = [s.response_length for s in samples]
+    out = {
+        "reward/mean": statistics.fmean(rewards),
+        "reward/std": statistics.pstdev(rewards),
+        "reward/accuracy": sum(is_correct(s, component, threshold) for s in samples) / len(samples),
+        "reward/errors": float(sum(s.reward_error is not None for s in samples)),
+        "rollout/groups": float(len(groups)),
+        "rollout/samples": float(len(samples)),
+        "rollout/response_tokens": float(sum(lengths)),
+        "rollout/response_length_mean": statistics.fmean(lengths),
+        "rollout/response_length_max": float(max(lengths)),
+        "rollout/truncated_fraction": sum(s.finish_reason == "length" for s in samples) / len(samples),
+        "rollout/all_equal_groups": float(sum(len(set(g.rewards)) == 1 for g in groups)),
+    }
+    names = sorted({k for s in samples for k in s.reward_components})
+    for name in names:
+        out[f"reward/{name}"] = statistics.fmean(s.reward_components.get(name, 0.0) for s in samples)
+    return out

@@ -1,0 +1,37 @@
+"""`relayrl plot RUN_DIR`: reward and held-out accuracy over steps, as a PNG in the run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cluster.metrics import read_metrics
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a cluster node
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    train = [r for r in rows if r["kind"] == "train" and "reward/mean" in r]
+    evals = [r for r in rows if r["kind"] == "eval" and "eval/accuracy" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot([r["step"] for r in train], [r["reward/mean"] for r in train], color="tab:blue", label="train reward (mean)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward", color="tab:blue")
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in evals], [100 * r["eval/accuracy"] for r in evals], "o-", color="tab:red",
+                 label="held-out accuracy")
+        ax2.set_ylabel("held-out accuracy (%)", color="tab:red")
+        ax2.set_ylim(0, 100)
+    ax.set_title(Path(run_dir).name)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(out) if out else Path(run_dir) / "curves.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path

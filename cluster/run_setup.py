@@ -1,0 +1,105 @@
+"""Everything a run needs before its first step: run directory, model, data, Ray, and the three
+actor groups (learner ranks, rollout workers with reward scorers, the weight-sync group)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster.config import RunConfig, dump_config
+from cluster.data import PromptStream, load_prompts, prompt_format_from_config
+
+
+@dataclasses.dataclass
+class Run:
+    cfg: RunConfig
+    dir: Path
+    model_path: str
+    tokenizer: Any
+    train_prompts: list[dict[str, Any]]
+    eval_prompts: list[dict[str, Any]]
+    stream: PromptStream
+    learner: Any  # cluster.learner_group.LearnerGroup
+    rollout: Any  # cluster.rollout_pool.RolloutPool
+    sync: Any  # cluster.weight_sync.WeightSync
+    probe: tuple[list[list[int]], list[int]]  # fixed sequences for sync verification
+    eval_component: str
+    eval_threshold: float
+
+    def shutdown(self) -> None:
+        import ray
+
+        for part in (self.rollout, self.learner):
+            try:
+                part.shutdown()
+            except Exception as e:  # keep shutting the rest down
+                logging.getLogger("relayrl").warning("shutdown: %s", e)
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def make_run_dir(cfg: RunConfig) -> Path:
+    if cfg.checkpoint.resume:
+        return Path(cfg.checkpoint.resume).expanduser()
+    path = Path(cfg.logging.run_dir or f"runs/{cfg.logging.name}-{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def ensure_model(cfg: RunConfig) -> str:
+    path = Path(cfg.model.path).expanduser()
+    if cfg.model.tiny is not None:
+        from cluster.tiny_model import TinyModelSpec, make_tiny_model
+
+        make_tiny_model(path, TinyModelSpec(**dataclasses.asdict(cfg.model.tiny)))
+    return str(path)
+
+
+def start_ray(cfg: RunConfig) -> None:
+    import ray
+
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+        return
+    needed = (cfg.learner.num_ranks * cfg.learner.cpus_per_rank + cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
+              + cfg.reward.num_scorers * max(cfg.reward.cpus_per_scorer, 0.01))
+    # Logical CPUs for placement: threads are set explicitly per actor, so this does not oversubscribe.
+    ray.init(num_cpus=max(int(needed + 0.999), cfg.cluster.num_cpus or os.cpu_count() or 1),
+             include_dashboard=False, logging_level=logging.WARNING)
+
+
+def start_run(cfg: RunConfig) -> Run:
+    from transformers import AutoTokenizer
+
+    from cluster.learner_group import LearnerGroup
+    from cluster.rollout_pool import RolloutPool
+    from cluster.weight_sync import WeightSync
+
+    run_dir = make_run_dir(cfg)
+    dump_config(cfg, run_dir / ("config.resumed.yaml" if cfg.checkpoint.resume else "config.yaml"))
+    model_path = ensure_model(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    ws = cfg.trainer.warm_start
+    fmt = prompt_format_from_config(cfg.data, required=(ws.target_key,) if ws.steps > 0 else ())
+    train_prompts = load_prompts(cfg.data.train_files, fmt, tokenizer)
+    eval_prompts = load_prompts(cfg.data.eval_files, fmt, tokenizer) if cfg.data.eval_files else []
+    stream = PromptStream(train_prompts, cfg.data.seed, cfg.data.shuffle)
+
+    start_ray(cfg)
+    optimizer_steps = cfg.trainer.total_steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
+    learner = LearnerGroup(model_path, cfg.learner, cfg.algorithm, total_steps=optimizer_steps,
+                           temperature=cfg.rollout.sampling.temperature, device=cfg.cluster.device)
+    rollout = RolloutPool(model_path, cfg.rollout.dtype or cfg.model.dtype, cfg.rollout, cfg.reward, cfg.cluster.device)
+    sync = WeightSync(learner, rollout, cfg.weight_sync, cfg.cluster.device)
+    sync.setup()
+
+    probe_prompt = tokenizer(train_prompts[0]["prompt"], add_special_tokens=False)["input_ids"]
+    probe_tail = tokenizer(" 0123456789 relayrl probe", add_special_tokens=False)["input_ids"]
+    component = cfg.trainer.eval_component or (cfg.reward.functions[0].name if cfg.reward.functions else "model")
+    return Run(cfg, run_dir, model_path, tokenizer, train_prompts, eval_prompts, stream, learner, rollout, sync,
+               ([probe_prompt + probe_tail], [len(probe_prompt)]), component, cfg.trainer.eval_threshold)

@@ -1,0 +1,81 @@
+"""The weight-sync group: learner rank 0 broadcasts full parameters to every rollout worker.
+
+Set-up agrees names, shapes and the bucket plan once: the learner computes the manifest, the
+rollout workers check it both ways against what their engines expect, then all sides join one
+process group (gloo on CPU, NCCL on GPU). Every update carries a version number. Every wait has a
+timeout whose error names the side that did not answer, so a lost worker fails the step loudly
+instead of hanging the job.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from cluster.actor_group import ActorCallTimeout
+from cluster.config import WeightSyncConfig
+
+
+class WeightSync:
+    def __init__(self, learner: Any, rollout: Any, cfg: WeightSyncConfig, device: str):
+        self.learner, self.rollout, self.cfg = learner, rollout, cfg
+        self.backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device == "cuda" else "gloo")
+        self.bytes = 0
+
+    def setup(self) -> None:
+        bucket_bytes = int(self.cfg.bucket_mb * (1 << 20))
+        manifest, buckets = self.learner.weight_plan(bucket_bytes)
+        self.bytes = sum(_nbytes(dtype, shape) for _, dtype, shape in manifest)
+        host, port = self.learner.weight_sync_address()
+        world = self.rollout.world_size()
+        timeout = self.cfg.timeout_s
+        learner_refs = self.learner.init_weight_sync_async(host, port, world, self.backend, timeout)
+        worker_refs = self.rollout.workers.call_each_async(
+            "init_weight_sync",
+            [((host, port, off, world, manifest, buckets, self.backend, timeout), {}) for off in self.rollout.rank_offsets()],
+        )
+        self._wait(learner_refs, worker_refs, "weight-sync set-up")
+
+    def push(self, version: int) -> dict[str, float]:
+        """Broadcast the learner's current weights as `version`; every worker loads them in place."""
+        t0 = time.perf_counter()
+        learner_refs = self.learner.broadcast_weights_async(version)
+        worker_refs = self.rollout.workers.call_async("receive_weights", version)
+        self._wait(learner_refs, worker_refs, f"weight broadcast v{version}")
+        dt = time.perf_counter() - t0
+        return {"sync/seconds": dt, "sync/bytes": float(self.bytes), "sync/MBps": self.bytes / dt / 1e6}
+
+    def verify(self, sequences: list[list[int]], prompt_lengths: list[int]) -> dict[str, float]:
+        """Prove the rollout engines now compute the learner's distribution on a fixed probe."""
+        mine = self.learner.probe_logprobs(sequences, prompt_lengths)
+        theirs = self.rollout.workers.call("score_logprobs", sequences, prompt_lengths, timeout=self.cfg.timeout_s)
+        worst = 0.0
+        for w, lps in enumerate(theirs):
+            diff = max((abs(a - b) for seq_a, seq_b in zip(mine, lps) for a, b in zip(seq_a, seq_b)), default=0.0)
+            if diff > self.cfg.verify_tolerance:
+                raise RuntimeError(
+                    f"weight sync verification failed: rollout[{w}] logprobs differ from the learner's by {diff:.3g} "
+                    f"(> weight_sync.verify_tolerance={self.cfg.verify_tolerance}); the rollout engine is not "
+                    f"sampling from the weights being trained")
+            worst = max(worst, diff)
+        return {"sync/probe_max_abs_diff": worst}
+
+    def _wait(self, learner_refs: list, worker_refs: list, what: str) -> None:
+        import ray
+
+        refs = [*learner_refs, *worker_refs]
+        names = [f"learner[{i}]" for i in range(len(learner_refs))] + [f"rollout[{i}]" for i in range(len(worker_refs))]
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=self.cfg.timeout_s)
+        if pending:
+            late = [names[refs.index(r)] for r in pending]
+            raise ActorCallTimeout(f"{what}: no answer within {self.cfg.timeout_s:.0f}s from {', '.join(late)} "
+                                   f"(weight_sync.timeout_s)")
+        ray.get(refs)  # surfaces any side's exception
+
+
+def _nbytes(dtype: str, shape: list[int]) -> int:
+    size = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}.get(dtype.replace("torch.", ""), 4)
+    n = 1
+    for d in shape:
+        n *= d
+    return n * size
