@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import field
 from typing import Any, Optional
 
+from actors.reward.spec import RewardSpec
+
 
 @dataclasses.dataclass
 class SamplingConfig:
@@ -33,20 +35,16 @@ class RolloutConfig:
     seed: int = 0
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 0  # 0 = all cores of the machine / worker count
+    # CPU: worker i is pinned to the i-th block of threads_per_worker cores of this list;
+    # [] = split the process's allowed cores when num_workers > 1 (one worker is not pinned)
+    cpu_cores: list[int] = field(default_factory=list)
     record_routed_experts: bool = False  # MoE routing replay (see DESIGN.md)
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM as is
 
 
 @dataclasses.dataclass
-class RewardFunctionSpec:
-    name: str = ""
-    weight: float = 1.0
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclasses.dataclass
 class RewardConfig:
-    functions: list[RewardFunctionSpec] = field(default_factory=list)
+    functions: list[RewardSpec] = field(default_factory=list)  # weighted sum; each component logged
     num_scorers: int = 1
     timeout_s: float = 10.0  # per reward function call; a timeout scores 0 and is counted
     cpus_per_scorer: float = 0.0

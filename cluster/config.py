@@ -8,6 +8,7 @@ cluster/validate.py and run once, before any actor starts. Import-light (no torc
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Optional
@@ -134,52 +135,33 @@ class ConfigError(ValueError):
     """A configuration problem; the message says what to change."""
 
 
-def check_keys(schema: Any, given: Any, path: str = "") -> None:
+def check_keys(schema: type, given: Any, path: str = "") -> None:
     """Raise on a key the schema does not have, with a "did you mean" hint and the dotted path.
 
-    `schema` is a dataclass instance; free-form `dict` fields (params, engine kwargs) are not walked:
+    `schema` is a dataclass type; free-form `dict` fields (params, engine kwargs) are not walked:
     their contents are checked by whoever owns them (e.g. the algorithm registries).
     """
     if not isinstance(given, (dict, DictConfig)):
         return
-    names = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in dataclasses.fields(schema)]
     for key, value in given.items():
         where = f"{path}.{key}" if path else str(key)
-        if key not in names:
+        if key not in hints:
             raise ConfigError(f"unknown config key '{where}'{suggest(str(key), names)}; "
                               f"valid keys under '{path or '<root>'}': {', '.join(sorted(names))}")
-        sub = getattr(schema, key)
-        if dataclasses.is_dataclass(sub):
-            check_keys(sub, value, where)
-        elif sub is None and value is not None:
-            _check_optional_dataclass(schema, key, value, where)
-        elif isinstance(sub, list) and isinstance(value, (list, ListConfig)):
-            elem = _list_element_type(schema, key)
-            if elem is not None:
+        field_type = hints[key]
+        candidates = [field_type, *typing.get_args(field_type)]  # Optional[X] -> X
+        if isinstance(value, (list, ListConfig)) and typing.get_origin(field_type) is list:
+            elem = typing.get_args(field_type)[0]
+            if dataclasses.is_dataclass(elem):
                 for i, item in enumerate(value):
-                    check_keys(elem(), item, f"{where}[{i}]")
-
-
-def _field_type(schema: Any, key: str) -> Any:
-    import typing
-
-    hints = typing.get_type_hints(type(schema))
-    return hints[key]
-
-
-def _check_optional_dataclass(schema: Any, key: str, value: Any, where: str) -> None:
-    import typing
-
-    for arg in typing.get_args(_field_type(schema, key)):
-        if dataclasses.is_dataclass(arg):
-            check_keys(arg(), value, where)
-
-
-def _list_element_type(schema: Any, key: str) -> Optional[type]:
-    import typing
-
-    args = typing.get_args(_field_type(schema, key))
-    return args[0] if args and dataclasses.is_dataclass(args[0]) else None
+                    check_keys(elem, item, f"{where}[{i}]")
+            continue
+        for t in candidates:
+            if dataclasses.is_dataclass(t):
+                check_keys(t, value, where)
+                break
 
 
 def load_config(path: Optional[str | Path] = None, overrides: list[str] | None = None) -> RunConfig:
@@ -201,9 +183,12 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] | None =
         layers.append(OmegaConf.from_dotlist(list(overrides)))
     schema = OmegaConf.structured(RunConfig)
     for layer in layers:
-        check_keys(RunConfig(), OmegaConf.to_container(layer, resolve=False))
+        check_keys(RunConfig, OmegaConf.to_container(layer, resolve=False))
     try:
         merged = OmegaConf.merge(schema, *layers)
+    except Exception as e:  # omegaconf's type errors: keep its message, say it is the config's fault
+        raise ConfigError(f"invalid config value: {e}") from None
+    try:
         return OmegaConf.to_object(merged)
     except Exception as e:  # omegaconf's type errors: keep its message, say it is the config's fault
         raise ConfigError(f"invalid config value: {e}") from None

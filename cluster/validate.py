@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from actors.reward.registry import REWARD_FUNCTIONS
+from actors.reward.scorer import RewardScorer
 from cluster.config import ConfigError, RunConfig
-from learner.algorithms import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, OFF_POLICY, SURROGATES
+from learner.algorithms import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, NEEDS_CRITIC, OFF_POLICY, SURROGATES
 
 CHECKS: dict[str, Callable[[RunConfig], Optional[str]]] = {}
 
@@ -54,13 +54,21 @@ def choices_exist(cfg: RunConfig) -> Optional[str]:
 def reward_functions_exist(cfg: RunConfig) -> Optional[str]:
     if not cfg.reward.functions and not cfg.reward.model_path:
         return "reward.functions is empty: name at least one reward function (e.g. {name: exact_match}) or set reward.model_path"
-    problems = []
-    for i, spec in enumerate(cfg.reward.functions):
-        try:
-            REWARD_FUNCTIONS.make_params(spec.name, spec.params)
-        except (KeyError, ValueError) as e:
-            problems.append(f"reward.functions[{i}]: {e.args[0]}")
-    return "; ".join(problems) or None
+    try:  # building a scorer checks names, params, duplicates and timeouts; it starts nothing
+        RewardScorer(cfg.reward.functions, timeout_s=cfg.reward.timeout_s)
+    except (KeyError, ValueError, TypeError) as e:
+        return f"reward.functions: {e.args[0]}"
+    if cfg.buffer.overlong.enabled and any(f.name == "overlong" for f in cfg.reward.functions):
+        return "overlong shaping is on twice (buffer.overlong.enabled and reward function 'overlong'): keep one"
+    return None
+
+
+@check
+def critic_available(cfg: RunConfig) -> Optional[str]:
+    if cfg.algorithm.advantage.name in NEEDS_CRITIC:
+        return (f"algorithm.advantage '{cfg.algorithm.advantage.name}' needs a value model (PPO critic), which the "
+                f"learner does not train yet: use grpo, dr_grpo, rloo or reinforce_pp")
+    return None
 
 
 @check

@@ -61,6 +61,7 @@ def test_override_without_equals_sign():
     ({"buffer.gfpo.enabled": True, "buffer.gfpo.keep": 8}, "gfpo_keeps_fewer", "keep"),
     ({"trainer.eval_n": 4}, "eval_sampling", "eval_temperature"),
     ({"model.dtype": "fp8"}, "enum_values", "model.dtype"),
+    ({"algorithm.advantage.name": "gae"}, "critic_available", "PPO critic"),
 ])
 def test_named_checks_say_what_to_change(over, check, hint):
     cfg = good(**over)
@@ -99,7 +100,7 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_gsm8k_config_needs_a_model_path(tmp_path):
-    with pytest.raises(ConfigError, match="model.path"):
-        load_config("configs/gsm8k.yaml")
+    with pytest.raises(ConfigError, match="model.path is empty"):
+        validate(load_config("configs/gsm8k.yaml"))
     cfg = validate(load_config("configs/gsm8k.yaml", [f"model.path={tmp_path}"]))
     assert cfg.reward.functions[0].name == "math_verify" and cfg.data.chat_template

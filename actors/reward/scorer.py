@@ -1,0 +1,169 @@
+"""RewardScorer: the weighted sum of named reward functions over samples; never raises on a sample.
+
+A plain class (cluster/ wraps it as a Ray actor). Built from reward specs
+[{"name": ..., "weight": ..., "params": {...}}], validated at construction (unknown function or
+parameter -> ValueError naming it). For every sample:
+
+    reward            = sum_i weight_i * score_i
+    reward_components = {name_i: score_i (unweighted), "name_i/key": diagnostic, ...}
+    reward_error      = None
+
+If any function raises or runs past `timeout_s`, the sample's reward is 0 and reward_error says
+why ("timeout:math_verify", "error:math_verify:ValueError: ..."); the components of the
+functions that did succeed are kept for logging; the reason is counted in metrics().
+
+Timeouts: each call runs in a daemon thread of its own, and the scorer stops waiting at the
+deadline. Python cannot kill a thread, so a call that never returns is abandoned (counted as
+"reward/stuck_threads"); a C extension that holds the GIL cannot be interrupted this way at all.
+Untrusted code goes through code_exec's subprocess sandbox, which is killed, not abandoned.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import math
+import threading
+import time
+from typing import Any, Iterable, Optional
+
+from actors.reward.registry import REWARD_FUNCTIONS
+from actors.reward.spec import RewardSpec
+from actors.types import Group, Sample
+
+MAX_ERROR_CHARS = 200
+
+
+class RewardScorer:
+    def __init__(self, specs: Iterable[Any], timeout_s: float = 10.0, max_workers: int = 4):
+        if timeout_s <= 0 or max_workers < 1:
+            raise ValueError(f"need timeout_s > 0 and max_workers >= 1, got {timeout_s}, {max_workers}")
+        self.timeout_s, self.max_workers = float(timeout_s), int(max_workers)
+        self.specs = [RewardSpec.coerce(s) for s in specs]
+        self._functions = []  # (component name, fn, params, weight)
+        for i, spec in enumerate(self.specs):
+            try:
+                entry = REWARD_FUNCTIONS.get(spec.name)
+                params = REWARD_FUNCTIONS.make_params(spec.name, spec.params)
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"reward function {i} ('{spec.name}'): {e.args[0]}") from None
+            deadline = getattr(params, "deadline_s", None)  # functions with limits of their own (code_exec)
+            if deadline is not None and deadline >= self.timeout_s:
+                raise ValueError(f"reward function '{entry.name}' may run for up to {deadline:g}s, not less than the "
+                                 f"scorer's timeout_s={self.timeout_s:g}: raise reward.timeout_s or lower its params.wall_s")
+            if any(entry.name == name for name, *_ in self._functions):
+                raise ValueError(f"reward function '{entry.name}' is listed twice; its components would collide")
+            self._functions.append((entry.name, entry.fn, params, spec.weight))
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._abandoned: list[threading.Thread] = []
+
+    # ---- scoring ------------------------------------------------------------------------------------
+    def score(self, samples: list[Sample]) -> list[Sample]:
+        """Set reward, reward_components and reward_error on each sample (in place) and return them."""
+        jobs = [(i, j) for i in range(len(samples)) for j in range(len(self._functions))]
+        # The pool's threads only wait (each at most timeout_s), so it never hangs; the calls
+        # themselves run in threads of their own that can be abandoned.
+        with concurrent.futures.ThreadPoolExecutor(min(self.max_workers, max(len(jobs), 1))) as pool:
+            results = dict(zip(jobs, pool.map(lambda ij: self._call(ij[1], samples[ij[0]]), jobs)))
+        errors: collections.Counter[str] = collections.Counter()
+        for i, sample in enumerate(samples):
+            total, components, error = 0.0, {}, None
+            for j, (name, _, _, weight) in enumerate(self._functions):
+                value, reason = results[i, j]
+                if reason is not None:
+                    error = error or reason
+                    errors[reason.split(": ", 1)[0]] += 1  # the counter key leaves out the message
+                    continue
+                score, extra = value
+                components[name] = score
+                components.update({f"{name}/{k}": v for k, v in extra.items()})
+                total += weight * score
+            sample.reward = 0.0 if error else total
+            sample.reward_components = components
+            sample.reward_error = error
+        with self._lock:
+            self._counts["samples"] += len(samples)
+            self._counts["calls"] += len(jobs)
+            self._counts["failed_samples"] += sum(s.reward_error is not None for s in samples)
+            for reason, n in errors.items():
+                self._counts[f"errors/{reason}"] += n
+        return samples
+
+    def score_group(self, group: Group) -> Group:
+        start = time.monotonic()
+        self.score(group.samples)
+        group.score_seconds += time.monotonic() - start
+        return group
+
+    def score_groups(self, groups: list[Group]) -> list[Group]:
+        """Several groups in one pass (better overlap of slow calls); each group's score_seconds is
+        the shared wall time."""
+        start = time.monotonic()
+        self.score([s for g in groups for s in g.samples])
+        for g in groups:
+            g.score_seconds += time.monotonic() - start
+        return groups
+
+    def _call(self, j: int, sample: Sample) -> tuple[Optional[tuple[float, dict]], Optional[str]]:
+        """((score, diagnostics), None) or (None, reason)."""
+        name, fn, params, _ = self._functions[j]
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run():
+            try:
+                box["value"] = _normalise(fn(sample, params))
+            except BaseException as e:  # noqa: BLE001 - any failure of a reward function is a counted reason
+                box["error"] = e
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=run, name=f"reward-{name}", daemon=True)
+        worker.start()
+        if not done.wait(self.timeout_s):
+            with self._lock:
+                self._abandoned = [t for t in self._abandoned if t.is_alive()] + [worker]
+            return None, f"timeout:{name}"
+        if "error" in box:
+            e = box["error"]
+            message = " ".join(str(e).split())[:MAX_ERROR_CHARS]
+            return None, f"error:{name}:{type(e).__name__}: {message}"
+        return box["value"], None
+
+    # ---- metrics ------------------------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """Counters since construction: reward/samples, reward/calls, reward/failed_samples,
+        reward/errors/<reason> (e.g. reward/errors/timeout:math_verify,
+        reward/errors/error:code_exec:SandboxError) and reward/stuck_threads (abandoned calls
+        still running)."""
+        with self._lock:
+            self._abandoned = [t for t in self._abandoned if t.is_alive()]
+            out = {f"reward/{k}": float(v) for k, v in self._counts.items()}
+            out["reward/stuck_threads"] = float(len(self._abandoned))
+        for key in ("samples", "calls", "failed_samples"):
+            out.setdefault(f"reward/{key}", 0.0)
+        return out
+
+    def names(self) -> list[str]:
+        return [name for name, *_ in self._functions]
+
+
+def _normalise(value: Any) -> tuple[float, dict[str, float]]:
+    """A function's float or {"score": ..., other diagnostics} as (score, diagnostics); rejects
+    non-numbers and NaN/inf so a broken function cannot poison the advantages."""
+    if isinstance(value, dict):
+        if "score" not in value:
+            raise ValueError(f"a reward function returning a dict must include 'score', got keys {sorted(value)}")
+        extra = {str(k): _finite(v, k) for k, v in value.items() if k != "score"}
+        return _finite(value["score"], "score"), extra
+    return _finite(value, "score"), {}
+
+
+def _finite(value: Any, what: Any) -> float:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
+        raise TypeError(f"reward {what} must be a number, got {type(value).__name__}")
+    x = float(value)  # bool, int, numpy and torch scalars
+    if not math.isfinite(x):
+        raise ValueError(f"reward {what} is not finite: {x}")
+    return x

@@ -1,0 +1,1 @@
+"""Task definitions (prompt generators and checkers) shipped with relayrl; import-light."""
