@@ -38,7 +38,6 @@ class AlgorithmConfig:
     off_policy: Choice = _choice("none")
     kl_coef: float = 0.0  # KL(policy || reference) in the loss; 0 disables the reference model
     kl_estimator: str = "k3"
-    kl_in_reward: bool = False  # put the KL into the reward (PPO-style) instead of the loss
     entropy_coef: float = 0.0
     epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per epoch; >1 makes later updates off-policy (ratio != 1)
@@ -73,3 +72,4 @@ class LearnerConfig:
     seed: int = 0
     extra_deepspeed: dict[str, Any] = field(default_factory=dict)  # merged into the DeepSpeed config
     moe_aux_loss_coef: Optional[float] = None  # None keeps the model config's router aux loss coef
+    call_timeout_s: float = 1800.0  # a learner call (step, checkpoint, export) not done by then fails naming the rank

@@ -1,0 +1,174 @@
+"""The learner: K `LearnerRank` Ray actors forming one DeepSpeed data-parallel group.
+
+Every method calls ALL ranks at once: forward/backward under ZeRO-3, gradient reduction, the
+step's all-reduces, checkpoints, export and the weight broadcast are collectives, and a collective
+called on one rank alone deadlocks. Every wait has a timeout (learner.call_timeout_s) whose error
+names the ranks that did not answer; a rank that raises surfaces its own error at once instead of
+leaving the others to time out.
+
+Start-up is two-phase because the DeepSpeed rendezvous needs facts only known after placement:
+the actors are placed first (no DeepSpeed yet), then rank 0's node IP and a free port there become
+MASTER_ADDR/MASTER_PORT, each rank's LOCAL_RANK is its index among the ranks on its node, and only
+then does every rank build its engine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Optional, Sequence
+
+import ray
+
+from cluster.actor_group import ActorCallTimeout, ActorGroup, GroupSpec
+from learner.batch import LearnerBatch
+from learner.config import AlgorithmConfig, LearnerConfig
+from learner.rank import LearnerRank
+
+
+_instances = itertools.count()
+
+
+class _PlacedRank(LearnerRank):
+    """A LearnerRank whose construction waits until the group knows where every rank landed."""
+
+    def __init__(self):  # noqa: D401 — deliberately empty: see start()
+        pass
+
+    def start(self, *args: Any, **kwargs: Any) -> None:
+        LearnerRank.__init__(self, *args, **kwargs)
+
+
+class LearnerGroup:
+    def __init__(self, model_path: str, cfg: LearnerConfig, algo: AlgorithmConfig, total_steps: int,
+                 temperature: float = 1.0, device: str = "cpu"):
+        self.cfg, self.algo = cfg, algo
+        self.timeout_s = cfg.call_timeout_s
+        K = cfg.num_ranks
+        env = {"TOKENIZERS_PARALLELISM": "false"}
+        if cfg.threads_per_rank:
+            env["OMP_NUM_THREADS"] = str(cfg.threads_per_rank)
+        # ActorGroup names its placement group after the spec name and pid: two live learner groups in
+        # one driver (tests, benchmarks) need distinct names.
+        n = next(_instances)
+        name = "learner" if n == 0 else f"learner{n}"
+        self.group = ActorGroup(GroupSpec(name, K, cfg.cpus_per_rank, cfg.gpus_per_rank, env=env),
+                                _PlacedRank, args_for=lambda i: ((), {}))
+        try:
+            ips = [ip for ip, _ in self._call("node_info")]
+            master_addr, master_port = self._wait([self.group.actors[0].weight_sync_address.remote()], "rendezvous")[0]
+            local_rank = [ips[:i].count(ip) for i, ip in enumerate(ips)]
+            local_size = [ips.count(ip) for ip in ips]
+            if device == "cuda":  # Ray gives each rank its own visible GPU: it is device 0 in every actor
+                local_rank, local_size = [0] * K, [1] * K
+            self._call_each("start", [
+                ((model_path, cfg, algo, i, K, master_addr, master_port, total_steps),
+                 {"temperature": temperature, "device": device, "local_rank": local_rank[i], "local_size": local_size[i]})
+                for i in range(K)])
+        except BaseException:
+            self.group.shutdown(method=None)
+            raise
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+    # ---- training --------------------------------------------------------------------------------
+    def train_step(self, batch: LearnerBatch) -> dict[str, float]:
+        """One RL update on the global batch: rank r trains on batch.shard(r, K, mini_batches).
+        Returns rank 0's (globally reduced) metrics after checking that the ranks agree."""
+        K, M = len(self), self.algo.mini_batches
+        results = self._call_each("train_step", [((batch.shard(r, K, M),), {}) for r in range(K)])
+        _check_agree(results, ("learner/loss", "learner/grad_norm"), "train_step")
+        return results[0]
+
+    def sft_step(self, batch: LearnerBatch, lr: Optional[float] = None) -> dict[str, float]:
+        """One supervised step. Sequences are dealt round-robin: uneven shards are fine (the loss
+        uses the global token count)."""
+        K = len(self)
+        results = self._call_each("sft_step", [((batch.select(list(range(r, len(batch), K))), lr), {}) for r in range(K)])
+        _check_agree(results, ("sft/loss", "sft/grad_norm"), "sft_step")
+        return results[0]
+
+    def probe_logprobs(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> list[list[float]]:
+        seqs = [list(map(int, s)) for s in sequences]
+        return self._call("probe_logprobs", seqs, list(prompt_lengths))[0]
+
+    # ---- checkpoints and export ----------------------------------------------------------------
+    def save_checkpoint(self, directory: str, tag: Optional[str] = None, client_state: Optional[dict] = None) -> None:
+        self._call("save_checkpoint", directory, tag, client_state)
+
+    def load_checkpoint(self, directory: str, tag: Optional[str] = None) -> dict[str, Any]:
+        return self._call("load_checkpoint", directory, tag)[0]
+
+    def export_hf(self, directory: str, tokenizer_src: Optional[str] = None) -> str:
+        self._call("export_hf", directory, tokenizer_src)
+        return directory
+
+    def full_state_dict(self) -> dict[str, Any]:
+        return self._call("full_state_dict")[0]
+
+    # ---- weight sync (send side) -------------------------------------------------------------------
+    def weight_plan(self, bucket_bytes: int) -> tuple[list, list[list[int]]]:
+        """(manifest, buckets); every rank keeps the plan, since ZeRO-3 ranks gather by it."""
+        return self._call("weight_plan", bucket_bytes)[0]
+
+    def weight_sync_address(self) -> tuple[str, int]:
+        return self._wait([self.group.actors[0].weight_sync_address.remote()], "weight_sync_address")[0]
+
+    def init_weight_sync_async(self, host: str, port: int, world_size: int, backend: str = "auto",
+                               timeout_s: float = 120.0, bucket_bytes: Optional[int] = None) -> list[ray.ObjectRef]:
+        """Refs of every rank's init_weight_sync (rank 0 joins the group as rank 0; it returns only
+        once every rollout rank has joined, so the driver waits on both sides together)."""
+        return self.group.call_async("init_weight_sync", host, port, world_size, bucket_bytes=bucket_bytes,
+                                     timeout_s=timeout_s, backend=backend)
+
+    def broadcast_weights_async(self, version: int) -> list[ray.ObjectRef]:
+        """Refs of every rank's broadcast_weights(version): wait on them with the receivers' refs."""
+        return self.group.call_async("broadcast_weights", version)
+
+    broadcast_weights = broadcast_weights_async
+
+    # ---- tests / diagnostics ----------------------------------------------------------------------
+    def param_checksum(self) -> list[dict[str, float]]:
+        return self._call("param_checksum")
+
+    def local_param_checksum(self) -> list[float]:
+        return self._call("local_param_checksum")
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
+
+    # ---- calls ---------------------------------------------------------------------------------------
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return self._wait(self.group.call_async(method, *args, **kwargs), method)
+
+    def _call_each(self, method: str, per_rank: list[tuple[tuple, dict]]) -> list[Any]:
+        return self._wait(self.group.call_each_async(method, per_rank), method)
+
+    def _wait(self, refs: list[ray.ObjectRef], what: str, timeout_s: Optional[float] = None) -> list[Any]:
+        """All results, in rank order. A rank's exception is raised as soon as it arrives; on timeout
+        the error names the ranks still running."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                late = ", ".join(f"learner[{refs.index(r)}]" for r in pending)
+                raise ActorCallTimeout(f"learner {what}: no answer within {timeout_s:.0f}s from {late} "
+                                       f"(learner.call_timeout_s)")
+            ray.get(ready)  # raises the rank's own error immediately
+        return ray.get(refs)
+
+
+def _check_agree(results: list[dict[str, float]], keys: Sequence[str], what: str, rtol: float = 1e-6) -> None:
+    """The metrics are all-reduced inside the step, so every rank must report the same values; a
+    difference means the ranks did not train on the same global step (a desync, not noise)."""
+    for key in keys:
+        vals = [r.get(key) for r in results]
+        ref = vals[0]
+        for rank, v in enumerate(vals[1:], start=1):
+            if ref is None or v is None:
+                continue
+            if abs(v - ref) > rtol * max(1.0, abs(ref)) and not (v != v and ref != ref):
+                raise RuntimeError(f"learner {what}: rank {rank} reports {key}={v!r}, rank 0 {ref!r}: ranks diverged")

@@ -1,0 +1,191 @@
+"""The DeepSpeed engine of one learner rank: config dict, optimizer, LR schedule, initialize.
+
+`deepspeed_config` and `lr_lambda` are pure (unit-tested without DeepSpeed); `build_engine` and
+`build_reference` import deepspeed, so call them only after the rank's distributed environment
+variables are set (see learner/rank.py).
+
+Gradient accumulation: relayrl packs micro-batches by a token budget, so the number of micro-batches
+per optimizer step varies from step to step. DeepSpeed's fixed `gradient_accumulation_steps` does
+not fit that, so the engine runs with `managed_gradient_accumulation: false` (DeepSpeed >= 0.19):
+every `backward()` accumulates, every `step()` is the accumulation boundary (ZeRO-2/3 reduce and
+partition inside each backward, stage 0/1 all-reduce inside `step()`). gradient_accumulation_steps
+stays 1, and backward is called with `scale_wrt_gas=False`, so DeepSpeed never rescales the loss;
+the caller's loss already carries the right scale (see learner/train_step.py).
+
+The LR schedule is a torch LambdaLR owned by the rank, not handed to DeepSpeed: DeepSpeed would
+step it on every optimizer step, including the supervised warm-start steps, which must not consume
+the RL schedule. Its state travels in the checkpoint's client_state.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from learner.config import LearnerConfig, OptimizerConfig
+
+OPTIMIZERS = ("adamw", "cpu_adam", "fused_adam")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def deepspeed_config(cfg: LearnerConfig, world_size: int, *, with_optimizer: bool = True) -> dict[str, Any]:
+    """The DeepSpeed config dict for `cfg` (extra_deepspeed is deep-merged last, so it wins)."""
+    if cfg.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"learner.zero_stage must be 0, 1, 2 or 3, got {cfg.zero_stage}")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"learner.dtype must be float32 or bfloat16, got {cfg.dtype!r}")
+    zero: dict[str, Any] = {
+        "stage": cfg.zero_stage,
+        # overlap_comm with unmanaged accumulation is only supported for stages 2/3 — and on CPU
+        # there is no second stream to overlap with anyway.
+        "overlap_comm": False,
+        "contiguous_gradients": True,
+    }
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if cfg.offload_params:
+        if cfg.zero_stage != 3:
+            raise ValueError("learner.offload_params needs zero_stage 3")
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    if cfg.zero_stage == 3:
+        # Gather parameters on use; keep the whole model gatherable in one piece for export.
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": world_size,
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": float(cfg.grad_clip) if cfg.grad_clip and cfg.grad_clip > 0 else 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.dtype == "bfloat16"},
+        "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+        "seed": cfg.seed,
+    }
+    if not with_optimizer:
+        for key in ("gradient_clipping", "zero_allow_untested_optimizer", "managed_gradient_accumulation"):
+            ds.pop(key)
+        zero.pop("offload_optimizer", None)
+    return _deep_merge(ds, cfg.extra_deepspeed)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def lr_lambda(step: int, opt: OptimizerConfig, total_steps: int) -> float:
+    """LR multiplier for optimizer step `step` (0-based: the first update uses lr_lambda(0)).
+
+    Linear warm-up over `warmup_steps` (step 0 already gets lr/warmup, never 0), then constant,
+    or linear/cosine decay to `min_lr_ratio` at `total_steps`.
+    """
+    if opt.schedule not in SCHEDULES:
+        raise ValueError(f"optimizer.schedule must be one of {', '.join(SCHEDULES)}, got {opt.schedule!r}")
+    if step < opt.warmup_steps:
+        return (step + 1) / opt.warmup_steps
+    if opt.schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - opt.warmup_steps)
+    progress = min(1.0, (step - opt.warmup_steps) / span)
+    lo = opt.min_lr_ratio
+    if opt.schedule == "linear":
+        return 1.0 - (1.0 - lo) * progress
+    return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(params, opt: OptimizerConfig):
+    """The base optimizer DeepSpeed wraps (ZeRO partitions its state)."""
+    kw = dict(lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
+    if opt.name == "adamw":
+        import torch
+
+        return torch.optim.AdamW(params, **kw)
+    if opt.name == "cpu_adam":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, adamw_mode=True, **kw)
+    if opt.name == "fused_adam":
+        from deepspeed.ops.adam import FusedAdam
+
+        return FusedAdam(params, adam_w_mode=True, **kw)
+    raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}, got {opt.name!r}")
+
+
+def moe_leaf_classes(model) -> list[type]:
+    """Module classes that hold routed experts (a child named `experts`: Qwen3-MoE, Mixtral, ...).
+
+    Under ZeRO-3 these must be leaves: ZeRO-3 fetches parameters per module as hooks fire, and an
+    expert that receives no token on one rank never fires its hook there, so the ranks' gathers
+    stop matching and the step hangs. A leaf module gathers all its parameters at once.
+    """
+    return sorted({type(m) for m in model.modules() if hasattr(m, "experts") and m is not model},
+                  key=lambda c: c.__name__)
+
+
+def load_model(model_path: str, cfg: LearnerConfig):
+    """The HF causal LM in fp32 (DeepSpeed casts to bf16 itself when cfg.dtype is bfloat16)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model.config.use_cache = False
+    if cfg.moe_aux_loss_coef is not None and hasattr(model.config, "router_aux_loss_coef"):
+        model.config.router_aux_loss_coef = cfg.moe_aux_loss_coef
+    return model
+
+
+def build_engine(model, cfg: LearnerConfig, world_size: int, total_steps: int):
+    """(engine, base optimizer, LambdaLR) for the trained policy."""
+    import deepspeed
+    import torch
+
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    leaves = moe_leaf_classes(model)
+    if cfg.zero_stage == 3 and leaves:
+        deepspeed.utils.set_z3_leaf_modules(model, leaves)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, cfg.optimizer, total_steps))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                           config=deepspeed_config(cfg, world_size))
+    if cfg.zero_stage == 0 and cfg.dtype == "float32":
+        _keep_fp32_grad_norm(engine)
+    return engine, optimizer, scheduler
+
+
+def _keep_fp32_grad_norm(engine) -> None:
+    """ZeRO-0 fp32 clips in `engine.clip_fp32_gradients`, which drops the norm it computes (every
+    other path reports it via get_global_grad_norm). Same call, but keep the norm for the metrics."""
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    def clip() -> None:
+        engine._global_grad_norm = float(clip_grad_norm_(parameters=engine.module.parameters(),
+                                                         max_norm=engine.gradient_clipping(), mpu=engine.mpu))
+
+    engine.clip_fp32_gradients = clip
+
+
+def build_reference(model, cfg: LearnerConfig, world_size: int, device):
+    """The frozen reference policy (KL term). ZeRO-3: its own optimizer-less engine, sharded like the
+    policy. Stages 0-2 keep full parameters on every rank anyway, so a plain module is enough."""
+    import torch
+
+    model.requires_grad_(False)
+    model.eval()
+    if cfg.zero_stage == 3:
+        import deepspeed
+
+        leaves = moe_leaf_classes(model)
+        if leaves:
+            deepspeed.utils.set_z3_leaf_modules(model, leaves)
+        engine, *_ = deepspeed.initialize(model=model, config=deepspeed_config(cfg, world_size, with_optimizer=False))
+        engine.eval()
+        return engine
+    return model.to(device=device, dtype=torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32)

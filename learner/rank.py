@@ -1,0 +1,299 @@
+"""`LearnerRank`: one data-parallel rank of the DeepSpeed learner, a plain Python class.
+
+cluster/learner_group.py turns K of these into Ray actors (one per rank) and calls every method on
+all ranks at once; a test or a benchmark can also run a world-size-1 rank in its own process.
+Methods marked *collective* must be entered by every rank (ZeRO-3 gathers parameters in forward
+and for export/broadcast; checkpoints and the step's all-reduces are collective at any stage).
+
+The training algorithm itself lives in learner/train_step.py; this class only owns the process
+state: distributed environment, engines, optimizer and schedule, checkpoints, weight sync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+from datetime import timedelta
+from typing import Any, Optional, Sequence
+
+import torch
+
+from learner import train_step as steps
+from learner.batch import LearnerBatch
+from learner.config import AlgorithmConfig, LearnerConfig
+from learner.logprobs import MicroBatch, response_logprobs
+from learner.weight_sync import ManifestEntry, WeightLayout, WeightSender, full_shape, gathered
+
+
+class LearnerRank:
+    """One DP rank. Public calls: train_step, sft_step, probe_logprobs, save/load_checkpoint,
+    export_hf, full_state_dict, weight_manifest/weight_plan/weight_sync_address/init_weight_sync/
+    broadcast_weights, param_checksum, shutdown. Environment variables are set here, before
+    deepspeed is imported, so the class works both as a Ray actor and in-process (world size 1)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        cfg: LearnerConfig,
+        algo: AlgorithmConfig,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        total_steps: int,
+        temperature: float = 1.0,
+        device: str = "cpu",
+        local_rank: Optional[int] = None,
+        local_size: Optional[int] = None,
+    ):
+        self.cfg, self.algo = cfg, algo
+        self.rank, self.world_size = rank, world_size
+        self.temperature = temperature
+        self.micro_batch_tokens = cfg.micro_batch_tokens
+        self.model_path = model_path
+        # DeepSpeed reads these at import/init time: they must be in place before `import deepspeed`.
+        # LOCAL_RANK matters even with gloo: without it DeepSpeed tries MPI discovery.
+        os.environ.update({
+            "RANK": str(rank), "WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port),
+            "LOCAL_RANK": str(rank if local_rank is None else local_rank),
+            "LOCAL_SIZE": str(world_size if local_size is None else local_size),
+            "DS_ACCELERATOR": "cuda" if device == "cuda" else "cpu",
+        })
+        threads = cfg.threads_per_rank or max(1, (os.cpu_count() or 1) // max(1, local_size or world_size))
+        torch.set_num_threads(threads)
+        torch.manual_seed(cfg.seed)
+
+        import deepspeed
+
+        from learner.engine import build_engine, build_reference, load_model
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False,
+                                   timeout=timedelta(minutes=30), verbose=False)
+        model = load_model(model_path, cfg)
+        # MoE router balance loss: on when learner.moe_aux_loss_coef > 0, or (left None) when the
+        # model's own config asks for router logits with a positive coefficient.
+        self._aux_coef = float(getattr(model.config, "router_aux_loss_coef", 0.0) or 0.0)
+        wants_aux = cfg.moe_aux_loss_coef is not None or bool(getattr(model.config, "output_router_logits", False))
+        self._router_aux = hasattr(model.config, "router_aux_loss_coef") and wants_aux and self._aux_coef > 0
+        self.engine, self.optimizer, self.scheduler = build_engine(model, cfg, world_size, total_steps)
+        self.device = self.engine.device
+        self.ref = None
+        if algo.kl_coef > 0:
+            self.ref = build_reference(load_model(model_path, cfg), cfg, world_size, self.device)
+        self._layout: Optional[WeightLayout] = None
+        self._sender: Optional[WeightSender] = None
+
+    # ---- what learner/train_step.py needs (its Engine protocol) --------------------------------
+    def forward(self, mb: MicroBatch, *, grad: bool, entropy_grad: bool = False, reference: bool = False,
+                temperature: Optional[float] = None):
+        model = self.ref if reference else self.engine
+        with torch.set_grad_enabled(grad):
+            return response_logprobs(model, mb, self.temperature if temperature is None else temperature,
+                                     entropy=grad, entropy_grad=entropy_grad,
+                                     router_aux_loss=grad and self._router_aux and not reference)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # gradient_accumulation_steps is 1 and accumulation is unmanaged: no rescaling by DeepSpeed.
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def optimizer_step(self, lr: Optional[float] = None, advance_schedule: bool = True) -> tuple[float, float]:
+        """One optimizer update (the accumulation boundary). Returns (global grad norm before clipping, lr used)."""
+        groups = self.optimizer.param_groups
+        saved = [g["lr"] for g in groups]
+        if lr is not None:
+            for g in groups:
+                g["lr"] = lr
+        used = groups[0]["lr"]
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        if lr is not None:
+            for g, v in zip(groups, saved):
+                g["lr"] = v
+        if advance_schedule:
+            self.scheduler.step()
+        return (float(norm) if norm is not None else math.nan), float(used)
+
+    def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        if self.world_size == 1:
+            return t
+        import torch.distributed as dist
+
+        dev = t.to(self.device) if self.device.type == "cuda" else t.clone()
+        dist.all_reduce(dev, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return dev.cpu()
+
+    def aux_loss_coef(self) -> float:
+        return self._aux_coef
+
+    # ---- training --------------------------------------------------------------------------------
+    def train_step(self, batch: LearnerBatch) -> dict[str, float]:
+        """*Collective.* epochs x mini_batches optimizer steps on this rank's shard; global metrics."""
+        self.engine.train()
+        return steps.train_on_batch(self, batch, self.algo)
+
+    def sft_step(self, batch: LearnerBatch, lr: Optional[float] = None) -> dict[str, float]:
+        """*Collective.* One supervised step (token-mean cross-entropy on response tokens)."""
+        self.engine.train()
+        return steps.sft_on_batch(self, batch, lr)
+
+    def probe_logprobs(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> list[list[float]]:
+        """*Collective.* Response logprobs at the rollout temperature (weight-sync verification)."""
+        return steps.probe(self, sequences, prompt_lengths)
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self, directory: str, tag: Optional[str] = None, client_state: Optional[dict] = None) -> None:
+        """*Collective.* DeepSpeed checkpoint (model, optimizer partitions) + LR schedule + client_state."""
+        state = {"relayrl": {"scheduler": self.scheduler.state_dict()}, "client": dict(client_state or {})}
+        self.engine.save_checkpoint(directory, tag=tag, client_state=state)
+
+    def load_checkpoint(self, directory: str, tag: Optional[str] = None) -> dict[str, Any]:
+        """*Collective.* Restore a save_checkpoint; returns its client_state."""
+        path, state = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {directory} (tag {tag or 'latest'})")
+        self.scheduler.load_state_dict(state["relayrl"]["scheduler"])
+        for g, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            g["lr"] = lr
+        return state.get("client", {})
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """*Collective.* The full model state dict (in-memory names) on rank 0, {} elsewhere. Every
+        key gets its own tensor (tied weights are cloned: safetensors refuses shared storage)."""
+        out: dict[str, torch.Tensor] = {}
+        for chunk in _chunks(list(self.engine.module.state_dict(keep_vars=True).items()), 256 << 20):
+            with gathered([t for _, t in chunk]):  # ZeRO-3: one collective gather per ~256 MB
+                if self.rank == 0:
+                    out.update((key, t.detach().to("cpu", copy=True)) for key, t in chunk)
+        return out
+
+    def export_hf(self, directory: str, tokenizer_src: Optional[str] = None) -> Optional[str]:
+        """*Collective.* A Hugging Face model directory (safetensors, config, tokenizer), written by rank 0."""
+        sd = self.full_state_dict()
+        if self.rank == 0:
+            from transformers import AutoTokenizer
+
+            os.makedirs(directory, exist_ok=True)
+            # transformers 5.19 save_pretrained mutates the state dict it is given: pass a copy.
+            self.engine.module.save_pretrained(directory, state_dict=dict(sd), safe_serialization=True)
+            AutoTokenizer.from_pretrained(tokenizer_src or self.model_path).save_pretrained(directory)
+        self._barrier()
+        return directory if self.rank == 0 else None
+
+    # ---- weight sync (send side; protocol in learner/weight_sync.py) -----------------------------
+    def weight_manifest(self) -> list[ManifestEntry]:
+        return self._weight_layout().manifest
+
+    def weight_plan(self, bucket_bytes: int) -> tuple[list[ManifestEntry], list[list[int]]]:
+        """(manifest, buckets) for `bucket_bytes`; every rank keeps the plan (ZeRO-3 gathers by it).
+        A different bucket size replaces the plan and closes any group joined under the old one."""
+        if self._sender is None or self._sender.bucket_bytes != bucket_bytes:
+            if self._sender is not None:
+                self._sender.close()
+            self._sender = WeightSender(self._weight_layout(), self.rank, bucket_bytes)
+        return self._sender.layout.manifest, self._sender.buckets
+
+    def weight_sync_address(self) -> tuple[str, int]:
+        """This node's IP and a free port, for the weight-sync group's rendezvous (ask rank 0)."""
+        return node_ip(), free_port()
+
+    def init_weight_sync(self, host: str, port: int, world_size: int, bucket_bytes: Optional[int] = None,
+                         timeout_s: float = 120.0, backend: Optional[str] = None) -> tuple[list[ManifestEntry], list[list[int]]]:
+        """Rank 0 joins the weight-sync group as rank 0 (blocks until all rollout ranks join);
+        other ranks only keep the bucket plan. Call on every rank."""
+        if bucket_bytes is not None or self._sender is None:
+            self.weight_plan(bucket_bytes or 64 << 20)
+        self._sender.close()  # re-initialising (e.g. after a rollout worker was replaced) starts a new group
+        if backend in (None, "auto"):
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+        self._sender.connect(host, port, world_size, backend, timeout_s)
+        return self._sender.layout.manifest, self._sender.buckets
+
+    def broadcast_weights(self, version: int) -> dict[str, float]:
+        """*Collective* (ZeRO-3 gathers). Rank 0 sends every bucket; returns bytes and seconds."""
+        if self._sender is None:
+            raise RuntimeError("weight sync not initialised: call init_weight_sync first")
+        out = self._sender.broadcast()
+        out["version"] = float(version)
+        return out
+
+    def _weight_layout(self) -> WeightLayout:
+        if self._layout is None:
+            self._layout = WeightLayout(self.engine.module)
+        return self._layout
+
+    # ---- tests and housekeeping -----------------------------------------------------------------
+    def param_checksum(self) -> dict[str, float]:
+        """Sum and sum of squares of the parameters this rank computes with (ZeRO-3: gathered)."""
+        total, sq = 0.0, 0.0
+        for p in self.engine.module.parameters():
+            with gathered([p]):
+                d = p.detach().double()
+                total += float(d.sum())
+                sq += float((d * d).sum())
+        return {"sum": total, "sumsq": sq}
+
+    def local_param_checksum(self) -> float:
+        """Sum over this rank's own parameter storage, no gather (replicas must agree below ZeRO-3)."""
+        return float(sum(p.detach().double().sum() for p in self.engine.module.parameters()))
+
+    def param_shapes(self) -> dict[str, list[int]]:
+        return {k: full_shape(t) for k, t in self.engine.module.state_dict(keep_vars=True).items()}
+
+    def node_info(self) -> tuple[str, int]:
+        return node_ip(), os.getpid()
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def shutdown(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
+        with contextlib.suppress(Exception):
+            self.engine.destroy()
+        with contextlib.suppress(Exception):
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _chunks(items: list[tuple[str, torch.Tensor]], max_bytes: int) -> list[list[tuple[str, torch.Tensor]]]:
+    """Consecutive (name, tensor) items in groups of at most max_bytes (full, gathered sizes)."""
+    out: list[list[tuple[str, torch.Tensor]]] = []
+    size = max_bytes
+    for key, t in items:
+        nbytes = math.prod(full_shape(t)) * t.element_size()
+        if size + nbytes > max_bytes:
+            out.append([])
+            size = 0
+        out[-1].append((key, t))
+        size += nbytes
+    return out
+
+
+def node_ip() -> str:
+    """This node's IP as Ray sees it (inside a Ray worker), else the address that reaches outside."""
+    with contextlib.suppress(Exception):
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("10.255.255.255", 1))  # no packet is sent; picks the outgoing interface
+        return s.getsockname()[0]
+    return "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]

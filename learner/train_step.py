@@ -1,0 +1,299 @@
+"""One learner update on this rank's shard: old/ref logprobs, then epochs x mini-batches of
+micro-batched forward/backward with one optimizer step per mini-batch.
+
+Data-parallel invariance (K ranks == 1 rank on the same global batch)
+---------------------------------------------------------------------
+For each mini-batch the valid-token and sequence counts are all-reduced over the ranks first, and
+every micro-batch's loss is `aggregate_loss(..., global_tokens, global_seqs)`: its numerator over
+the GLOBAL denominator. Summed over all micro-batches of all ranks that is exactly the loss one
+rank would compute on the whole mini-batch, in value and in gradient. Gradients of the
+micro-batches add up in `.grad` (DeepSpeed's gradient accumulation, with `scale_wrt_gas=False`
+and gradient_accumulation_steps=1 — DeepSpeed does not rescale), and DeepSpeed then AVERAGES them
+over the K ranks. So each micro-batch backpropagates `K * share`: the average over ranks of
+K * (sum of shares) is the sum of shares, i.e. the gradient of the global loss. Clipping then
+sees the global gradient norm, as one rank would.
+
+The loss (per token, before aggregation; A = advantage, w = off-policy weight vs the sampler):
+
+    l_t = surrogate_t(logp, old, A) * w_t  +  kl_coef * KL_t(logp || ref)  -  entropy_coef * H_t
+
+Each term is aggregated with the same mode and counts, so they are reported separately and sum
+to the total. Sequences with loss_mask False are never forwarded at all.
+
+`old` is the engine's own recomputation when the batch is reused (epochs * mini_batches > 1);
+otherwise the first forward IS the old policy, so old = logp.detach() and the ratio is exactly 1.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Protocol, Sequence
+
+import torch
+
+from learner.batch import LearnerBatch
+from learner.config import AlgorithmConfig
+from learner.logprobs import MicroBatch, collate, pad_values, unpad
+from learner.packing import pack_by_tokens, padding_waste, split_to_count
+
+
+class Engine(Protocol):
+    """What a training step needs from a learner rank (LearnerRank implements it)."""
+
+    world_size: int
+    micro_batch_tokens: int
+    temperature: float
+
+    def forward(self, mb: MicroBatch, *, grad: bool, entropy_grad: bool = False, reference: bool = False,
+                temperature: Optional[float] = None) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]: ...
+    def backward(self, loss: torch.Tensor) -> None: ...
+    def optimizer_step(self, lr: Optional[float] = None, advance_schedule: bool = True) -> tuple[float, float]: ...
+    def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor: ...
+    def aux_loss_coef(self) -> float: ...
+
+
+# ---- the loss of one micro-batch (pure) -------------------------------------------------------
+
+def policy_loss(
+    algo: AlgorithmConfig,
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    sampler_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logprobs: Optional[torch.Tensor] = None,
+    entropy: Optional[torch.Tensor] = None,
+    global_tokens: float | None = None,
+    global_seqs: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(this micro-batch's share of the loss, its parts {pg, kl, entropy}, detached token-mean metrics).
+
+    All [b, T] tensors share `mask` (response tokens of trained sequences); advantages are [b] or [b, T].
+    """
+    from learner.algorithms import aggregate_loss, kl_penalty, off_policy_weights, surrogate_loss
+
+    def agg(per_token: torch.Tensor) -> torch.Tensor:
+        return aggregate_loss(per_token, mask, algo.aggregation.name, global_tokens=global_tokens,
+                              global_seqs=global_seqs, **algo.aggregation.params)
+
+    pg_tok, metrics = surrogate_loss(algo.surrogate.name, logprobs, old_logprobs, advantages, mask,
+                                     **algo.surrogate.params)
+    weights, op_metrics = off_policy_weights(algo.off_policy.name, old_logprobs, sampler_logprobs, mask,
+                                             **algo.off_policy.params)
+    metrics.update({f"off_policy/{k}": v for k, v in op_metrics.items()})
+    parts = {"pg": agg(pg_tok * weights)}
+    total = parts["pg"]
+    if ref_logprobs is not None and algo.kl_coef > 0:
+        kl_tok = kl_penalty(logprobs, ref_logprobs, algo.kl_estimator, response_mask=mask)
+        parts["kl"] = agg(kl_tok)
+        total = total + algo.kl_coef * parts["kl"]
+    if entropy is not None and algo.entropy_coef != 0:
+        parts["entropy"] = agg(entropy)
+        total = total - algo.entropy_coef * parts["entropy"]
+    return total, parts, {k: v.detach() for k, v in metrics.items()}
+
+
+# ---- metric bookkeeping -----------------------------------------------------------------------
+
+class Metrics:
+    """Sums to all-reduce once at the end of a step: token-weighted means, plain sums and maxima."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}  # value * weight
+        self.weights: dict[str, float] = {}
+        self.totals: dict[str, float] = {}
+        self.maxima: dict[str, float] = {}
+
+    def mean(self, key: str, value: float, weight: float) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
+        self.weights[key] = self.weights.get(key, 0.0) + weight
+
+    def add(self, key: str, value: float) -> None:
+        self.totals[key] = self.totals.get(key, 0.0) + float(value)
+
+    def max(self, key: str, value: float) -> None:
+        self.maxima[key] = max(self.maxima.get(key, float("-inf")), float(value))
+
+    def reduce(self, eng: Engine) -> dict[str, float]:
+        """Global values: every rank gets the same dict (two small collectives, fixed key order).
+
+        Every rank must have registered the same keys (the step's code path is the same on all)."""
+        mean_keys, total_keys, max_keys = sorted(self.sums), sorted(self.totals), sorted(self.maxima)
+        vec = torch.tensor([self.sums[k] for k in mean_keys] + [self.weights[k] for k in mean_keys]
+                           + [self.totals[k] for k in total_keys], dtype=torch.float64)
+        vec = eng.all_reduce(vec, "sum")
+        mx = eng.all_reduce(torch.tensor([self.maxima[k] for k in max_keys], dtype=torch.float64), "max")
+        n = len(mean_keys)
+        out = {k: (vec[i] / vec[n + i]).item() if vec[n + i] > 0 else 0.0 for i, k in enumerate(mean_keys)}
+        out.update({k: vec[2 * n + i].item() for i, k in enumerate(total_keys)})
+        out.update({k: mx[i].item() for i, k in enumerate(max_keys)})
+        return out
+
+
+# ---- micro-batch plans ------------------------------------------------------------------------
+
+def plan_micro_batches(eng: Engine, batch: LearnerBatch, idx: Sequence[int]) -> tuple[list[list[int]], float]:
+    """Micro-batches (lists of indices into `batch`) of sequences `idx`, with the SAME count on every
+    rank (collectives inside forward/backward), and this rank's padding waste."""
+    lengths = [int(x.numel()) for x in batch.input_ids]
+    local = [[idx[j] for j in mb] for mb in pack_by_tokens([lengths[i] for i in idx], eng.micro_batch_tokens)]
+    count = int(eng.all_reduce(torch.tensor([max(1, len(local))], dtype=torch.float64), "max").item())
+    plan = split_to_count(local, lengths, count)
+    return plan, padding_waste(plan, lengths)
+
+
+def score(eng: Engine, batch: LearnerBatch, idx: Sequence[int], *, reference: bool = False,
+          temperature: Optional[float] = None) -> dict[int, torch.Tensor]:
+    """No-grad response logprobs {sequence index: [R_i]} of sequences `idx` (collective under ZeRO-3)."""
+    plan, _ = plan_micro_batches(eng, batch, idx)
+    out: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for mb_idx in plan:
+            mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx)
+            lp, _, _ = eng.forward(mb, grad=False, reference=reference, temperature=temperature)
+            out.update(zip(mb.index, unpad(lp, mb)))
+    return out
+
+
+# ---- the RL update ----------------------------------------------------------------------------
+
+def train_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> dict[str, float]:
+    """epochs x mini_batches optimizer steps on this rank's shard (laid out by LearnerBatch.shard)."""
+    t_start = time.perf_counter()
+    M = algo.mini_batches
+    if len(batch) % M:
+        raise ValueError(f"shard of {len(batch)} sequences does not split into {M} mini-batches")
+    R, per_mb = batch.response_lengths(), len(batch) // M
+    trained = [i for i in range(len(batch)) if bool(batch.loss_mask[i]) and R[i] > 0]
+    mini = [[i for i in trained if m * per_mb <= i < (m + 1) * per_mb] for m in range(M)]
+    m_ = Metrics()
+
+    reuse = algo.epochs * M > 1  # else the first forward IS the old policy: old = logp.detach()
+    old = score(eng, batch, trained) if reuse else None
+    ref = score(eng, batch, trained, reference=True) if uses_reference(algo) else None
+    if old is not None:
+        _sampler_diff(m_, batch, old)
+    updates = [update(eng, batch, algo, mini[m], old, ref, m_) for _ in range(algo.epochs) for m in range(M)]
+
+    m_.add("learner/sequences", len(trained))
+    m_.add("learner/train_tokens", sum(u["tokens"] for u in updates))
+    m_.max("learner/train_seconds", sum(u["seconds"] for u in updates))
+    m_.max("learner/step_seconds", time.perf_counter() - t_start)
+    out = m_.reduce(eng)
+    out["learner/tokens_per_s"] = out.pop("learner/train_tokens") / max(out["learner/train_seconds"], 1e-9)
+    out["learner/grad_norm"] = sum(u["grad_norm"] for u in updates) / len(updates)
+    out["learner/grad_norm_max"] = max(u["grad_norm"] for u in updates)
+    out["learner/lr"] = updates[-1]["lr"]
+    out["learner/optimizer_steps"] = float(len(updates))
+    return out
+
+
+def uses_reference(algo: AlgorithmConfig) -> bool:
+    return algo.kl_coef > 0
+
+
+def update(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig, idx: list[int],
+           old: Optional[dict[int, torch.Tensor]], ref: Optional[dict[int, torch.Tensor]], m_: Metrics) -> dict[str, float]:
+    """One optimizer step on mini-batch `idx` (this rank's part): micro-batched forward/backward."""
+    R = batch.response_lengths()
+    counts = eng.all_reduce(torch.tensor([sum(R[i] for i in idx), len(idx)], dtype=torch.float64), "sum")
+    plan, waste = plan_micro_batches(eng, batch, idx)
+    m_.mean("learner/padding_waste", waste, 1.0)
+    m_.add("learner/micro_batches", len(plan) / eng.world_size)  # summed over ranks: per rank
+    t0, tokens = time.perf_counter(), 0
+    for mb_idx in plan:
+        mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx)
+        loss = micro_batch_loss(eng, batch, algo, mb, old, ref, float(counts[0]), float(counts[1]), len(plan), m_)
+        # x K: DeepSpeed averages gradients over the K ranks, but the K ranks' shares must add up.
+        eng.backward(loss * eng.world_size)
+        tokens += mb.real_tokens
+    grad_norm, lr = eng.optimizer_step()
+    return {"grad_norm": grad_norm, "lr": lr, "seconds": time.perf_counter() - t0, "tokens": tokens}
+
+
+def micro_batch_loss(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig, mb: MicroBatch,
+                     old: Optional[dict[int, torch.Tensor]], ref: Optional[dict[int, torch.Tensor]],
+                     global_tokens: float, global_seqs: float, n_micro: int, m_: Metrics) -> torch.Tensor:
+    """Forward one micro-batch; return its share of the mini-batch loss; record its metrics."""
+    lp, ent, aux = eng.forward(mb, grad=True, entropy_grad=algo.entropy_coef != 0)
+    dev = lp.device
+    mask = mb.response_mask.to(dev)
+    if old is None:
+        _sampler_diff(m_, batch, dict(zip(mb.index, unpad(lp, mb))))
+    ref_t = pad_values(ref, mb).to(dev) if ref is not None else None
+    adv = batch.advantages[mb.index].to(dev) if mb.index else torch.zeros(1, device=dev)
+    loss, parts, metrics = policy_loss(
+        algo, lp, lp.detach() if old is None else pad_values(old, mb).to(dev),
+        pad_values(batch.sampler_logprobs, mb).to(dev), adv, mask,
+        ref_logprobs=ref_t, entropy=ent, global_tokens=global_tokens, global_seqs=global_seqs)
+    if aux is not None:  # MoE router balance loss, averaged over all micro-batches of all ranks
+        loss = loss + eng.aux_loss_coef() * aux / (n_micro * eng.world_size)
+        m_.mean("learner/moe_aux_loss", aux.item(), 1.0)
+    updates = algo.epochs * algo.mini_batches  # loss metrics: mean over the step's updates
+    for name, v in parts.items():
+        m_.add(f"learner/{name}_loss", v.item() / updates)
+    m_.add("learner/loss", loss.item() / updates)
+    tokens = int(mask.sum())
+    for name, v in metrics.items():
+        m_.mean(f"learner/{name}", v.item(), tokens)
+    if ent is not None:
+        m_.mean("learner/entropy", _masked_mean(ent, mask), tokens)
+    if ref_t is not None:
+        m_.mean("learner/ref_logprob_diff", _masked_mean(lp - ref_t, mask), tokens)
+    return loss
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    n = int(mask.sum())
+    return 0.0 if n == 0 else float(torch.where(mask, x.detach(), torch.zeros_like(x)).sum() / n)
+
+
+def _sampler_diff(m_: Metrics, batch: LearnerBatch, learner_lp: dict[int, torch.Tensor]) -> None:
+    """|learner old logprobs - sampler logprobs|: a large value means the rollout engine is not
+    sampling from the weights being trained (stale sync, precision, a bug) — the silent off-policy error."""
+    for i, lp in learner_lp.items():
+        d = (lp.float() - batch.sampler_logprobs[i].float()).abs()
+        if d.numel():
+            m_.mean("learner/old_sampler_logprob_diff_mean", d.mean().item(), d.numel())
+            m_.max("learner/old_sampler_logprob_diff_max", d.max().item())
+    m_.max("learner/old_sampler_logprob_diff_max", 0.0)  # key present on every rank
+    m_.mean("learner/old_sampler_logprob_diff_mean", 0.0, 0.0)
+
+
+# ---- supervised (warm start) ------------------------------------------------------------------
+
+def sft_on_batch(eng: Engine, batch: LearnerBatch, lr: Optional[float] = None) -> dict[str, float]:
+    """One optimizer step of token-mean cross-entropy on the response tokens (temperature 1), with
+    the global token count, so any number of ranks gives the same update. Does not advance the RL
+    LR schedule; `lr` overrides the learning rate for this step only."""
+    t0 = time.perf_counter()
+    R = batch.response_lengths()
+    idx = [i for i in range(len(batch)) if bool(batch.loss_mask[i]) and R[i] > 0]
+    g_tokens = eng.all_reduce(torch.tensor([sum(R[i] for i in idx)], dtype=torch.float64), "sum")[0].item()
+    plan, waste = plan_micro_batches(eng, batch, idx)
+    m_ = Metrics()
+    for mb_idx in plan:
+        mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx)
+        lp, _, _ = eng.forward(mb, grad=True, temperature=1.0)
+        mask = mb.response_mask.to(lp.device)
+        loss = torch.where(mask, -lp, torch.zeros_like(lp)).sum() / max(g_tokens, 1.0)
+        eng.backward(loss * eng.world_size)
+        m_.add("sft/loss", loss.item())
+        m_.add("sft/tokens", float(mask.sum()))
+    grad_norm, used_lr = eng.optimizer_step(lr=lr, advance_schedule=False)
+    m_.mean("sft/padding_waste", waste, 1.0)
+    m_.max("sft/seconds", time.perf_counter() - t0)
+    out = m_.reduce(eng)
+    out.update({"sft/grad_norm": grad_norm, "sft/lr": used_lr})
+    return out
+
+
+def probe(eng: Engine, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> list[list[float]]:
+    """Response logprobs at the rollout temperature of fixed probe sequences (weight-sync check)."""
+    seqs = [torch.as_tensor(list(s), dtype=torch.long) for s in sequences]
+    batch = LearnerBatch(seqs, list(prompt_lengths), [torch.zeros(len(s) - p) for s, p in zip(seqs, prompt_lengths)],
+                         torch.zeros(len(seqs)), torch.zeros(len(seqs)), torch.zeros(len(seqs), dtype=torch.long),
+                         torch.zeros(len(seqs), dtype=torch.long), torch.ones(len(seqs), dtype=torch.bool))
+    lps = score(eng, batch, list(range(len(seqs))))
+    return [lps[i].tolist() if i in lps else [] for i in range(len(seqs))]

@@ -1,0 +1,207 @@
+"""The send side of the weight broadcast: learner rank 0 -> every rollout worker, bucketed.
+
+PROTOCOL (the rollout side's receive code follows it exactly)
+------------------------------------------------------------
+manifest  list of (name, dtype, shape): `name` is the Hugging Face checkpoint name (what
+          save_pretrained writes: `model.state_dict()` keys, `lm_head.weight` INCLUDED even when
+          tied to the embeddings, MoE experts per expert — `experts.{e}.gate_proj.weight` — not
+          transformers 5's fused in-memory `experts.gate_up_proj`), `dtype` a torch dtype name
+          without the "torch." prefix ("float32", "bfloat16"), `shape` a list of ints. The list
+          order is the send order.
+buckets   `plan_buckets(manifest, bucket_bytes)`: lists of consecutive manifest indices, one dtype
+          per bucket, each <= bucket_bytes unless a single tensor is larger (then alone).
+group     `vllm.distributed.utils.stateless_init_torch_distributed_process_group(host, port,
+          rank, world_size=1 + rollout ranks, backend)`; learner rank 0 is rank 0, rollout
+          ranks are 1..W. gloo on CPU, nccl on GPU.
+update    for each bucket, in order: rank 0 broadcasts (root 0) ONE flat 1-D tensor of the
+          bucket's dtype: the bucket's tensors, each `.reshape(-1)`, concatenated in manifest
+          order. Nothing else travels on the group (the version is agreed by the driver's calls).
+          Receivers split the flat tensor by the manifest shapes.
+
+All learner ranks call `broadcast_weights` (ZeRO-3 parameters are gathered collectively, one
+bucket at a time, so rank 0's extra memory stays around a bucket plus one fused tensor);
+only rank 0 talks to the group. Broadcasts are pipelined: up to `max_in_flight` buckets are on
+the wire while the next is being gathered.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import time
+from datetime import timedelta
+from typing import Iterable, Sequence
+
+import torch
+
+ManifestEntry = tuple[str, str, list[int]]
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4,
+                "uint8": 1, "int8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def entry_bytes(entry: ManifestEntry) -> int:
+    _, dtype, shape = entry
+    return math.prod(shape) * _DTYPE_BYTES[dtype]
+
+
+def plan_buckets(manifest: Sequence[ManifestEntry], bucket_bytes: int) -> list[list[int]]:
+    """Consecutive manifest indices grouped into buckets of one dtype and <= bucket_bytes each
+    (a tensor larger than bucket_bytes travels alone)."""
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
+    buckets: list[list[int]] = []
+    size, dtype = 0, None
+    for i, entry in enumerate(manifest):
+        nbytes = entry_bytes(entry)
+        if buckets and entry[1] == dtype and size + nbytes <= bucket_bytes:
+            buckets[-1].append(i)
+            size += nbytes
+        else:
+            buckets.append([i])
+            size, dtype = nbytes, entry[1]
+    return buckets
+
+
+def split_flat(flat: torch.Tensor, manifest: Sequence[ManifestEntry], bucket: Sequence[int]) -> list[tuple[str, torch.Tensor]]:
+    """The receiver's half of the protocol: (name, tensor view) of each manifest entry in `bucket`."""
+    expected = sum(math.prod(manifest[i][2]) for i in bucket)
+    if expected != flat.numel():
+        raise ValueError(f"flat bucket has {flat.numel()} elements, manifest says {expected}")
+    out, offset = [], 0
+    for i in bucket:
+        name, _, shape = manifest[i]
+        n = math.prod(shape)
+        out.append((name, flat[offset:offset + n].view(shape)))
+        offset += n
+    return out
+
+
+def init_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
+    """Join the weight-sync process group (vLLM's stateless group: it leaves torch.distributed's
+    default group — the learner's own DeepSpeed group — untouched)."""
+    from vllm.distributed.utils import stateless_init_torch_distributed_process_group
+
+    return stateless_init_torch_distributed_process_group(
+        host, port, rank, world_size, backend, timeout=timedelta(seconds=timeout_s))
+
+
+def full_shape(t: torch.Tensor) -> list[int]:
+    """A parameter's full shape (ZeRO-3 partitions have shape [0] outside a gather)."""
+    return [int(d) for d in (t.ds_shape if hasattr(t, "ds_shape") else t.shape)]
+
+
+@contextlib.contextmanager
+def gathered(params: Sequence[torch.Tensor]):
+    """ZeRO-3: full parameters inside the block, collectively on every rank (read-only).
+    Other stages and plain tensors: nothing to do."""
+    z3 = [p for p in params if hasattr(p, "ds_id")]
+    if not z3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(z3, modifier_rank=None):
+        yield
+
+
+class WeightLayout:
+    """How the in-memory parameters of a HF model map onto the checkpoint-named manifest.
+
+    Each `model.state_dict()` key is a *source*; transformers' reverse weight conversion turns a
+    source into one or more checkpoint tensors (identity for most, per-expert slices for fused MoE
+    experts). The conversion is applied per source, so a bucket only gathers the sources it needs.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.sources: list[tuple[str, torch.Tensor]] = list(model.state_dict(keep_vars=True).items())
+        self.manifest: list[ManifestEntry] = []
+        self.owner: list[int] = []  # manifest index -> source index
+        for s, (key, t) in enumerate(self.sources):
+            meta = torch.empty(full_shape(t), dtype=t.dtype, device="meta")
+            for name, out in self.convert({key: meta}).items():
+                self.manifest.append((name, dtype_name(out.dtype), [int(d) for d in out.shape]))
+                self.owner.append(s)
+        names = [e[0] for e in self.manifest]
+        if len(set(names)) != len(names):
+            raise ValueError("weight manifest has duplicate names")
+
+    def convert(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        return revert_weight_conversion(self.model, dict(tensors))
+
+    def iter_buckets(self, buckets: Sequence[Sequence[int]], materialise: bool) -> Iterable[list[torch.Tensor]]:
+        """Per bucket, the bucket's tensors in manifest order (only if `materialise`, i.e. rank 0;
+        other ranks get [] but still take part in the ZeRO-3 gathers). Tensors are detached
+        copies/views valid until the next optimizer step."""
+        cache: dict[int, torch.Tensor] = {}
+        done: set[int] = set()  # sources already converted; tracked on EVERY rank so gathers match
+        for bucket in buckets:
+            need = {self.owner[i] for i in bucket} - done
+            done |= need
+            with gathered([self.sources[s][1] for s in sorted(need)]):
+                if materialise and need:
+                    outs = self.convert({self.sources[s][0]: self.sources[s][1].detach() for s in sorted(need)})
+                    for i, s in enumerate(self.owner):
+                        if s in need:
+                            t = outs[self.manifest[i][0]]
+                            # a ZeRO-3 gather frees its memory on exit: keep what later buckets need
+                            cache[i] = t.clone() if hasattr(self.sources[s][1], "ds_id") else t
+            yield [cache.pop(i) for i in bucket] if materialise else []
+
+
+class WeightSender:
+    """Rank 0's end of the weight-sync group (every learner rank holds one; only rank 0 sends)."""
+
+    def __init__(self, layout: WeightLayout, rank: int, bucket_bytes: int):
+        self.layout, self.rank, self.bucket_bytes = layout, rank, bucket_bytes
+        self.buckets = plan_buckets(layout.manifest, bucket_bytes)
+        self.group = None
+
+    def connect(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
+        if self.rank == 0:
+            self.group = init_group(host, port, 0, world_size, backend, timeout_s)
+
+    def broadcast(self, max_in_flight: int = 2) -> dict[str, float]:
+        """Send every bucket (collective over the learner ranks under ZeRO-3). Returns bytes/seconds."""
+        if self.rank == 0 and self.group is None:
+            raise RuntimeError("weight sync not initialised: call init_weight_sync first")
+        t0 = time.perf_counter()
+        sent = 0
+        in_flight: collections.deque = collections.deque()
+        for tensors in self.layout.iter_buckets(self.buckets, materialise=self.rank == 0):
+            if self.rank != 0:
+                continue
+            flat = torch.cat([t.reshape(-1) for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1).contiguous()
+            in_flight.append((self.group.broadcast(flat, 0), flat))
+            sent += flat.numel() * flat.element_size()
+            while len(in_flight) > max_in_flight:
+                in_flight.popleft()[0].wait()
+        while in_flight:
+            in_flight.popleft()[0].wait()
+        return {"bytes": float(sent), "seconds": time.perf_counter() - t0, "buckets": float(len(self.buckets))}
+
+    def close(self) -> None:
+        group, self.group = self.group, None
+        if group is not None:
+            with contextlib.suppress(Exception):
+                group.shutdown()
+
+
+def receive(group, manifest: Sequence[ManifestEntry], buckets: Sequence[Sequence[int]],
+            device: str | torch.device = "cpu") -> Iterable[tuple[str, torch.Tensor]]:
+    """A plain receiver (rank >= 1) following the protocol: yields (name, tensor) per manifest entry.
+
+    Used by tests and the benchmark; the vLLM worker has its own, loading in place."""
+    for bucket in buckets:
+        dtype = getattr(torch, manifest[bucket[0]][1])
+        flat = torch.empty(sum(math.prod(manifest[i][2]) for i in bucket), dtype=dtype, device=device)
+        group.broadcast(flat, 0).wait()
+        yield from split_flat(flat, manifest, bucket)
