@@ -48,7 +48,9 @@ class RewardConfig:
     num_scorers: int = 1
     timeout_s: float = 10.0  # per reward function call; a timeout scores 0 and is counted
     cpus_per_scorer: float = 0.0
-    model_path: Optional[str] = None  # sequence-classification reward model (own actor)
+    model_path: Optional[str] = None  # sequence-classification reward model, scored on its own actor
+    model_weight: float = 1.0  # weight of the model's score (component "model") in the reward
+    model_batch_size: int = 8
 
 
 @dataclasses.dataclass

@@ -1,0 +1,336 @@
+"""The rollout worker: one in-process vLLM engine that samples grouped completions and loads new weights.
+
+A plain class (the cluster wraps it with `ray.remote`); it also runs in tests without Ray.
+
+Logprobs. The engine runs with `logprobs_mode="processed_logprobs"`, so `Sample.logprobs[i]` is the
+log-probability of `response_ids[i]` under the distribution the token was actually drawn from:
+`log_softmax(logits / T)` (T = sampling temperature). The learner reproduces it by dividing its
+logits by the same T. With top_p < 1 or top_k > 0 the processed distribution is also truncated and
+renormalised, which the learner does not reproduce: keep top_p=1, top_k=-1 when the learner compares
+against these logprobs (importance ratios, truncated IS). With T = 0 (greedy; vLLM then requires
+n = 1) the logits are left untempered, so the logprobs are those of T = 1.
+
+`score_logprobs` (the weight-sync probe) returns `log_softmax(logits / T)` of given tokens, by
+default at the rollout's sampling temperature, like the learner's probe.
+
+Streaming. `generate_stream` drives the engine step by step (the same loop `LLM.generate` runs) and
+yields a prompt's Group as soon as its n completions are finished, so scoring starts while other
+prompts are still generating. In a Ray actor, call it with `.options(num_returns="streaming")`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Iterator, Optional
+
+from actors.config import RolloutConfig
+from actors.types import Group, Sample
+
+# vLLM finish reasons -> the three the rest of the system knows ("abort" also covers engine errors).
+_FINISH_REASONS = {"stop": "stop", "length": "length"}
+
+# Per-call / per-prompt sampling overrides: SamplingConfig's fields, plus these SamplingParams fields.
+_EXTRA_SAMPLING_KEYS = ("ignore_eos", "min_tokens", "stop_token_ids", "seed")
+
+
+class RolloutWorker:
+    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str, worker_index: int = 0, device: str = "cpu"):
+        self.model_path, self.cfg, self.worker_index, self.device = model_path, cfg, worker_index, device
+        self._version = 0
+        self._weight_sync = False
+        # In-process engine (no engine-core subprocess): ~2 s init instead of ~20 s, same speed, one
+        # process per Ray actor. Must be set before vLLM reads it.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if cfg.record_routed_experts:
+            # vLLM 0.32 returns routed experts only from its model runner V2 (VLLM_USE_V2_MODEL_RUNNER=1),
+            # whose in-place weight reload and MoE kernels are not verified here yet.
+            raise NotImplementedError("rollout.record_routed_experts (routing replay) is not supported by the "
+                                      "rollout worker yet: vLLM 0.32 needs its V2 model runner for it")
+        self.threads, self.cores = (0, []) if device != "cpu" else cpu_placement(cfg, worker_index)
+        if self.cores:
+            # In-process, VLLM_CPU_OMP_THREADS_BIND does not confine the engine: the process affinity does.
+            os.sched_setaffinity(0, self.cores)
+        import torch
+
+        if self.threads:
+            # vLLM drops torch to 1 thread for serving unless OMP_NUM_THREADS is set, and its CPU worker
+            # disables torch.set_num_threads afterwards: both must happen before LLM().
+            os.environ["OMP_NUM_THREADS"] = str(self.threads)
+            torch.set_num_threads(self.threads)
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = dict(
+            model=model_path,
+            dtype=dtype or "auto",
+            seed=cfg.seed + worker_index,  # unseeded requests: distinct workers draw distinct samples
+            max_model_len=cfg.max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls="actors.vllm_ext.WeightReceiver",
+        )
+        if device == "cuda":
+            # GPU-only: tensor parallelism and a KV cache sized as a share of GPU memory.
+            kwargs.update(tensor_parallel_size=cfg.tensor_parallel_size,
+                          gpu_memory_utilization=cfg.gpu_memory_utilization)
+        else:
+            # On CPU vLLM would otherwise reserve gpu_memory_utilization x host RAM and refuse to start.
+            kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * (1 << 30))
+        kwargs.update(cfg.engine_kwargs)
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    # ---- generation -------------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """Policy version of the weights the engine holds (0 = the checkpoint it was started from)."""
+        return self._version
+
+    def generate(self, prompts: list[dict[str, Any]], n: int, sampling: Optional[dict[str, Any]] = None, *,
+                 version_override: Optional[int] = None) -> list[Group]:
+        """n completions per prompt; one Group per prompt, in prompt order. See generate_stream."""
+        order = {p["prompt_id"]: i for i, p in enumerate(prompts)}
+        groups = list(self.generate_stream(prompts, n, sampling, version_override=version_override))
+        return sorted(groups, key=lambda g: order[g.prompt_id])
+
+    def generate_stream(self, prompts: list[dict[str, Any]], n: int, sampling: Optional[dict[str, Any]] = None, *,
+                        version_override: Optional[int] = None) -> Iterator[Group]:
+        """Yield each prompt's Group as soon as all n of its completions have finished.
+
+        prompts: dicts with `prompt_id`, `prompt` (text) or `prompt_ids` (token ids; preferred when
+        both are given), optional `meta` (copied into each sample), optional `seed` (per-prompt
+        sampling seed, for reproducible runs) and optional `sampling` (per-prompt overrides).
+        sampling: overrides of SamplingConfig fields (temperature, top_p, top_k, max_new_tokens,
+        stop) and of the SamplingParams fields in _EXTRA_SAMPLING_KEYS, for this call.
+        version_override: the policy version stamped on the samples (default: self.version).
+        Each Group's generate_seconds is the time from submission until its last completion finished.
+        """
+        if sampling is not None and not isinstance(sampling, dict):
+            raise TypeError(f"sampling must be a dict of overrides or None, got {type(sampling).__name__} "
+                            f"(version_override is keyword-only)")
+        engine = self.llm.llm_engine
+        if engine.has_unfinished_requests():
+            raise RuntimeError("RolloutWorker runs one generation at a time; the engine still has requests")
+        version = self._version if version_override is None else int(version_override)
+        inputs = [_engine_input(p) for p in prompts]
+        if len({p["prompt_id"] for p in prompts}) != len(prompts):
+            raise ValueError("prompt_id must be unique within one generate call")
+        params = [self._sampling_params(n, sampling, p) for p in prompts]
+        t0 = time.perf_counter()
+        # enqueue renders and adds the requests exactly as LLM.generate does; the loop below is the
+        # one LLM.generate runs, except that finished groups leave it as soon as they are done.
+        request_ids = self.llm.enqueue(inputs, params, use_tqdm=False)
+        # enqueue returns internal ids "<external>-<random suffix>"; outputs carry the external id.
+        pending = {rid.split("-", 1)[0]: p for rid, p in zip(request_ids, prompts)}
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        yield self._group(pending.pop(out.request_id), out, version, time.perf_counter() - t0)
+        finally:
+            if pending:  # the consumer stopped early (or a step failed): free the engine
+                engine.abort_request(list(pending))
+        if pending:
+            raise RuntimeError(f"engine finished without outputs for prompts {[p['prompt_id'] for p in pending.values()]}")
+
+    def _group(self, prompt: dict[str, Any], out: Any, version: int, seconds: float) -> Group:
+        prompt_ids = list(out.prompt_token_ids)
+        text = prompt.get("prompt")
+        if text is None:
+            text = out.prompt if out.prompt is not None else self.tokenizer.decode(prompt_ids)
+        meta = prompt.get("meta") or {}
+        samples = []
+        for c in sorted(out.outputs, key=lambda c: c.index):
+            response_ids = list(c.token_ids)
+            samples.append(Sample(
+                prompt_id=prompt["prompt_id"], prompt=text, prompt_ids=list(prompt_ids),
+                response=c.text, response_ids=response_ids, logprobs=_sampled_logprobs(c.logprobs, response_ids),
+                finish_reason=_FINISH_REASONS.get(c.finish_reason, "abort"), policy_version=version,
+                meta=dict(meta),
+            ))
+        return Group(prompt_id=prompt["prompt_id"], samples=samples, generate_seconds=seconds)
+
+    def _sampling_params(self, n: int, call: Optional[dict[str, Any]], prompt: dict[str, Any]):
+        from vllm import SamplingParams
+
+        knobs = dataclasses.asdict(self.cfg.sampling)
+        extra: dict[str, Any] = {}
+        for overrides in (call or {}, prompt.get("sampling") or {}):
+            for k, v in overrides.items():
+                if k in knobs:
+                    knobs[k] = v
+                elif k in _EXTRA_SAMPLING_KEYS:
+                    extra[k] = v
+                else:
+                    valid = sorted([*knobs, *_EXTRA_SAMPLING_KEYS])
+                    raise ValueError(f"unknown sampling override {k!r}; valid: {', '.join(valid)}")
+        if prompt.get("seed") is not None:
+            extra["seed"] = prompt["seed"]
+        if extra.get("seed") is not None:
+            extra["seed"] = request_seed(int(extra["seed"]))
+        return SamplingParams(
+            n=n,
+            temperature=knobs["temperature"],
+            top_p=knobs["top_p"],
+            top_k=knobs["top_k"],
+            max_tokens=knobs["max_new_tokens"],
+            stop=list(knobs["stop"]) or None,
+            include_stop_str_in_output=True,  # response text == decode(response_ids), which the learner trains on
+            logprobs=0,  # the sampled token's logprob only
+            flat_logprobs=True,  # a few flat lists per sequence instead of one dict per token
+            **extra,
+        )
+
+    # ---- sync verification probe ----------------------------------------------------------------
+    def score_logprobs(self, sequences: list[list[int]], prompt_lengths: list[int],
+                       temperature: Optional[float] = None) -> list[list[float]]:
+        """log_softmax(logits / T) of sequences[i][prompt_lengths[i]:] given their prefixes, under the
+        current weights — the learner's probe_logprobs computes the same numbers.
+
+        temperature: None = the rollout's sampling temperature (what the learner's probe uses);
+        T = 1 (and T = 0, greedy, which vLLM leaves untempered): prompt logprobs of one request per
+        sequence — vLLM computes them from the raw logits whatever the request's temperature. Other
+        T: prompt logprobs cannot be tempered, so each scored token becomes a one-token request on its
+        prefix whose processed (tempered) logprob of exactly that token is read back
+        (`logprob_token_ids`): one request per token, for a small probe only.
+        """
+        from vllm import SamplingParams
+
+        if len(sequences) != len(prompt_lengths):
+            raise ValueError("score_logprobs: one prompt length per sequence")
+        for seq, k in zip(sequences, prompt_lengths):
+            if not 1 <= k <= len(seq):
+                raise ValueError(f"score_logprobs: prompt length {k} outside [1, {len(seq)}]")
+        t = self.cfg.sampling.temperature if temperature is None else float(temperature)
+        if t in (0.0, 1.0):
+            params = SamplingParams(max_tokens=1, prompt_logprobs=0, flat_logprobs=True, detokenize=False)
+            outs = self.llm.generate([{"prompt_token_ids": list(s)} for s in sequences], params, use_tqdm=False)
+            # prompt_logprobs[j] = {seq[j]: logprob of seq[j] given seq[:j]} (None at j = 0)
+            return [[out.prompt_logprobs[j][seq[j]].logprob for j in range(k, len(seq))]
+                    for seq, k, out in zip(sequences, prompt_lengths, outs)]
+        inputs, params = [], []
+        for seq, k in zip(sequences, prompt_lengths):
+            for j in range(k, len(seq)):
+                inputs.append({"prompt_token_ids": list(seq[:j])})
+                params.append(SamplingParams(max_tokens=1, temperature=t, top_p=1.0, top_k=0,
+                                             logprob_token_ids=[seq[j]], detokenize=False))
+        outs = iter(self.llm.generate(inputs, params, use_tqdm=False))
+        return [[next(outs).outputs[0].logprobs[0][seq[j]].logprob for j in range(k, len(seq))]
+                for seq, k in zip(sequences, prompt_lengths)]
+
+    # ---- weights ----------------------------------------------------------------------------------
+    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int,
+                         manifest: list, buckets: list, backend: str = "gloo", timeout_s: float = 120.0) -> dict[str, Any]:
+        """Check the manifest against the engine (both ways, shapes too) and join the weight-sync group.
+
+        Protocol: actors/vllm_ext.py. Every TP rank of this engine joins as rank_offset + tp_rank.
+        """
+        infos = self.llm.collective_rpc(
+            "init_weight_sync", args=(host, port, rank_offset, world_size, manifest, buckets, backend, timeout_s))
+        self._weight_sync = True
+        return infos[0]
+
+    def receive_weights(self, version: int) -> dict[str, float]:
+        """Receive the learner's broadcast, load it in place and become `version`. Collective with the sender."""
+        t0 = time.perf_counter()
+        stats = self.llm.collective_rpc("receive_weights", args=(int(version),))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+        self._version = int(version)
+        return {
+            "version": int(version),
+            "seconds": time.perf_counter() - t0,
+            "recv_seconds": max(s["recv_seconds"] for s in stats),
+            "load_seconds": max(s["load_seconds"] for s in stats),
+            "bytes": stats[0]["bytes"],
+        }
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        if self.llm is None:
+            return {"worker_index": self.worker_index, "alive": False}
+        return {
+            "alive": True,
+            "worker_index": self.worker_index,
+            "version": self._version,
+            "device": self.device,
+            "model": self.model_path,
+            "pid": os.getpid(),
+            "threads": self.threads,
+            "cores": list(self.cores),
+            "weight_sync": self._weight_sync,
+            "unfinished_requests": self.llm.llm_engine.get_num_unfinished_requests(),
+        }
+
+    def shutdown(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        if self._weight_sync:
+            llm.collective_rpc("close_weight_sync")
+            self._weight_sync = False
+        llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        # In-process engine: its distributed state lives in this process; clear it so another engine
+        # (a test's next module, a restarted worker) can start here.
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+def cpu_placement(cfg: RolloutConfig, worker_index: int) -> tuple[int, list[int]]:
+    """(torch threads, cores to pin to) of CPU rollout worker `worker_index`.
+
+    Threads: cfg.threads_per_worker, or the process's allowed cores / num_workers. Cores: worker i
+    takes the i-th block of `threads` cores from cfg.cpu_cores (or, when that is empty and there are
+    several workers, from the process's allowed cores), wrapping around; one worker with no
+    cfg.cpu_cores is not pinned.
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    threads = cfg.threads_per_worker or max(1, len(allowed) // max(1, cfg.num_workers))
+    pool = list(cfg.cpu_cores) or (allowed if cfg.num_workers > 1 else [])
+    if not pool:
+        return threads, []
+    start = (worker_index * threads) % len(pool)
+    cores = sorted({pool[(start + j) % len(pool)] for j in range(threads)})
+    bad = [c for c in cores if c not in allowed]
+    if bad:
+        raise ValueError(f"rollout.cpu_cores: cores {bad} are not available to this process (allowed: {allowed})")
+    return threads, cores
+
+
+def request_seed(seed: int) -> int:
+    """Spread a per-prompt seed over [0, 2^31 - 2^16).
+
+    vLLM gives the n completions of a request the seeds s, s+1, ..., s+n-1, so consecutive prompt seeds
+    (s, s+1) would share n-1 random streams between two prompts. A 64-bit mix (splitmix64's
+    finaliser) makes such overlaps vanishingly unlikely while staying a pure function of the seed.
+    """
+    z = (seed + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    z ^= z >> 31
+    return int(z % ((1 << 31) - (1 << 16)))
+
+
+def _engine_input(prompt: dict[str, Any]) -> Any:
+    if "prompt_id" not in prompt:
+        raise KeyError(f"prompt dict needs a 'prompt_id' (keys: {sorted(prompt)})")
+    if prompt.get("prompt_ids") is not None:
+        return {"prompt_token_ids": list(prompt["prompt_ids"])}
+    if prompt.get("prompt") is None:
+        raise KeyError(f"prompt {prompt['prompt_id']!r} needs 'prompt' (text) or 'prompt_ids'")
+    return prompt["prompt"]
+
+
+def _sampled_logprobs(lps: Any, token_ids: list[int]) -> list[float]:
+    """The sampled tokens' logprobs. With logprobs=0 and flat logprobs, vLLM keeps exactly one entry per
+    position (the sampled token), so the flat list is the answer; otherwise look each token up."""
+    if lps is None:
+        raise RuntimeError("vLLM returned no logprobs (SamplingParams.logprobs must be 0)")
+    flat = getattr(lps, "logprobs", None)
+    if flat is not None and len(flat) == len(token_ids) and list(lps.token_ids) == token_ids:
+        return list(flat)
+    return [lps[i][t].logprob for i, t in enumerate(token_ids)]

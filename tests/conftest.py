@@ -1,0 +1,21 @@
+"""Shared fixtures. Keep this file import-light: unit tests collect it too (heavy imports inside fixtures)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A ~0.3M-parameter random Qwen3 (fp32, tied embeddings) with the char-level tokenizer, built once."""
+    from cluster.tiny_model import TinyModelSpec, make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_dense"), TinyModelSpec())
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_model_dir(tmp_path_factory):
+    """A tiny random Qwen3-MoE (8 experts, top-2, fp32, tied embeddings), built once."""
+    from cluster.tiny_model import TinyModelSpec, make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_moe"), TinyModelSpec(moe=True))
