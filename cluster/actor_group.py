@@ -8,9 +8,8 @@ and reward scorers are sized and placed independently.
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 import time
+import uuid
 from typing import Any, Callable, Sequence
 
 import ray
@@ -53,7 +52,7 @@ class ActorGroup:
         for b in bundles:
             if not any(b.values()):
                 b["CPU"] = 0.01
-        self.pg = placement_group(bundles, strategy=spec.strategy, name=f"relayrl-{spec.name}-{os.getpid()}")
+        self.pg = placement_group(bundles, strategy=spec.strategy, name=f"relayrl-{spec.name}-{uuid.uuid4().hex[:8]}")
         ray.get(self.pg.ready(), timeout=300)
         remote_cls = ray.remote(cls)
         self.actors = []
@@ -90,12 +89,7 @@ class ActorGroup:
         return self.wait(self.call_each_async(method, per_actor), method, timeout)
 
     def wait(self, refs: list[ray.ObjectRef], what: str, timeout: float | None) -> list[Any]:
-        """ray.get on all refs; on timeout, raise naming which of this group's actors did not answer."""
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        if pending:
-            late = [f"{self.spec.name}[{refs.index(r)}]" for r in pending]
-            raise ActorCallTimeout(f"{what}: no answer within {timeout:.0f}s from {', '.join(late)}")
-        return ray.get(refs)
+        return wait_all(refs, [f"{self.spec.name}[{i}]" for i in range(len(refs))], what, timeout)
 
     def shutdown(self, method: str | None = "shutdown", timeout: float = 30.0) -> None:
         if method:
@@ -108,19 +102,18 @@ class ActorGroup:
         remove_placement_group(self.pg)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-def node_ip() -> str:
-    return ray.util.get_node_ip_address()
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+def wait_all(refs: list[ray.ObjectRef], names: list[str], what: str, timeout: float | None,
+             knob: str = "") -> list[Any]:
+    """Results of all refs. The first failure is raised as soon as it arrives (a fast error on one
+    side is not hidden behind a slow wait on another); on timeout, the error names who did not answer."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = list(refs)
+    while pending:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+        if not ready:
+            late = ", ".join(names[refs.index(r)] for r in pending)
+            hint = f" ({knob})" if knob else ""
+            raise ActorCallTimeout(f"{what}: no answer within {timeout:.0f}s from {late}{hint}")
+        ray.get(ready)  # raises that actor's exception now
+    return ray.get(refs)

@@ -89,9 +89,10 @@ class LearnerGroup:
         _check_agree(results, ("sft/loss", "sft/grad_norm"), "sft_step")
         return results[0]
 
-    def probe_logprobs(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> list[list[float]]:
+    def probe_logprobs(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
+                       temperature: Optional[float] = None) -> list[list[float]]:
         seqs = [list(map(int, s)) for s in sequences]
-        return self._call("probe_logprobs", seqs, list(prompt_lengths))[0]
+        return self._call("probe_logprobs", seqs, list(prompt_lengths), temperature)[0]
 
     # ---- checkpoints and export ----------------------------------------------------------------
     def save_checkpoint(self, directory: str, tag: Optional[str] = None, client_state: Optional[dict] = None) -> None:

@@ -8,6 +8,7 @@ project is configured.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +24,8 @@ class MetricsLogger:
                  wandb_project: Optional[str] = None, progress: bool = True, name: str = "relayrl",
                  config: Optional[dict] = None):
         self.run_dir = run_dir
-        self.console = Console(highlight=False)
+        # Wide enough for one step line when the output is a file or a pipe (rich assumes 80 there).
+        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
         self._jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
         self._tb = None
         if tensorboard:

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 import ray
 
 from actors.config import RewardConfig, RolloutConfig
+from actors.reward.model_rm import ModelRewardScorer
 from actors.reward.scorer import RewardScorer
 from actors.rollout import RolloutWorker
 from actors.types import Group
@@ -23,14 +24,10 @@ from cluster.actor_group import ActorCallTimeout, ActorGroup, GroupSpec
 
 
 def rollout_env(cfg: RolloutConfig, index: int, device: str) -> dict[str, str]:
-    """Environment of rollout worker `index`: vLLM in-process (one process per actor), explicit threads."""
-    threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // cfg.num_workers)
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    if device == "cpu" and cfg.num_workers > 1:
-        # Several engines on one CPU node: give each its own cores instead of letting them fight.
-        first = index * threads
-        env["VLLM_CPU_OMP_THREADS_BIND"] = f"{first}-{first + threads - 1}" if threads > 1 else str(first)
-    return env
+    """Environment of rollout worker `index` (threads and core pinning are the worker's own: actors/rollout.py)."""
+    return {"TOKENIZERS_PARALLELISM": "false",
+            # vLLM logs every weight reload at INFO; a run's console is for the step lines.
+            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}
 
 
 class RolloutPool:
@@ -51,6 +48,13 @@ class RolloutPool:
             max_concurrency=4,  # scoring is I/O- or subprocess-bound: overlap several groups per actor
         )
         self._scorer_cycle = itertools.cycle(self.scorers.actors)
+        self.reward_model = None
+        if reward.model_path:  # a sequence-classification RM on its own actor, after the rule scorers
+            self.reward_model = ActorGroup(
+                GroupSpec("reward_model", 1, max(reward.cpus_per_scorer, 0.01)),
+                ModelRewardScorer,
+                args_for=lambda i: ((reward.model_path,), {"batch_size": reward.model_batch_size, "device": device}),
+            )
 
     # ---- generation -----------------------------------------------------------------------------
     def generate(self, prompts: list[dict[str, Any]], n: int, sampling: Optional[dict[str, Any]] = None,
@@ -76,7 +80,10 @@ class RolloutPool:
                     except StopIteration:
                         del gens[r]
                         continue
-                    scoring[next(self._scorer_cycle).score_group.remote(group_ref)] = "reward scorer"
+                    scored = next(self._scorer_cycle).score_group.remote(group_ref)
+                    if self.reward_model is not None:
+                        scored = self.reward_model.actors[0].score_group.remote(scored, self.reward_cfg.model_weight)
+                    scoring[scored] = "reward scorer"
                 else:
                     del scoring[r]
                     yield ray.get(r)
@@ -93,3 +100,5 @@ class RolloutPool:
     def shutdown(self) -> None:
         self.workers.shutdown()
         self.scorers.shutdown(method=None)
+        if self.reward_model is not None:
+            self.reward_model.shutdown(method=None)

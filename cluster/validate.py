@@ -89,6 +89,16 @@ def async_needs_off_policy_correction(cfg: RunConfig) -> Optional[str]:
 
 
 @check
+def sampler_logprobs_comparable(cfg: RunConfig) -> Optional[str]:
+    s = cfg.rollout.sampling
+    if cfg.algorithm.off_policy.name != "none" and (s.top_p < 1.0 or s.top_k > 0):
+        return (f"algorithm.off_policy={cfg.algorithm.off_policy.name} weighs by the sampler's logprobs, which are of "
+                f"the top-p/top-k truncated distribution the learner does not reproduce: set rollout.sampling.top_p=1.0 "
+                f"and top_k=-1, or off_policy.name=none")
+    return None
+
+
+@check
 def batch_divides_ranks(cfg: RunConfig) -> Optional[str]:
     total, k, m = samples_per_step(cfg), cfg.learner.num_ranks, cfg.algorithm.mini_batches
     if total % (k * m):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cluster.actor_group import ActorCallTimeout
+from cluster.actor_group import wait_all
 from cluster.config import WeightSyncConfig
 
 
@@ -47,8 +47,10 @@ class WeightSync:
 
     def verify(self, sequences: list[list[int]], prompt_lengths: list[int]) -> dict[str, float]:
         """Prove the rollout engines now compute the learner's distribution on a fixed probe."""
-        mine = self.learner.probe_logprobs(sequences, prompt_lengths)
-        theirs = self.rollout.workers.call("score_logprobs", sequences, prompt_lengths, timeout=self.cfg.timeout_s)
+        # Temperature 1 on both sides: equal weights give equal raw distributions, and vLLM scores
+        # prompt tokens at T=1 in one request (other temperatures need one request per token).
+        mine = self.learner.probe_logprobs(sequences, prompt_lengths, 1.0)
+        theirs = self.rollout.workers.call("score_logprobs", sequences, prompt_lengths, 1.0, timeout=self.cfg.timeout_s)
         worst = 0.0
         for w, lps in enumerate(theirs):
             diff = max((abs(a - b) for seq_a, seq_b in zip(mine, lps) for a, b in zip(seq_a, seq_b)), default=0.0)
@@ -61,16 +63,8 @@ class WeightSync:
         return {"sync/probe_max_abs_diff": worst}
 
     def _wait(self, learner_refs: list, worker_refs: list, what: str) -> None:
-        import ray
-
-        refs = [*learner_refs, *worker_refs]
         names = [f"learner[{i}]" for i in range(len(learner_refs))] + [f"rollout[{i}]" for i in range(len(worker_refs))]
-        _, pending = ray.wait(refs, num_returns=len(refs), timeout=self.cfg.timeout_s)
-        if pending:
-            late = [names[refs.index(r)] for r in pending]
-            raise ActorCallTimeout(f"{what}: no answer within {self.cfg.timeout_s:.0f}s from {', '.join(late)} "
-                                   f"(weight_sync.timeout_s)")
-        ray.get(refs)  # surfaces any side's exception
+        wait_all([*learner_refs, *worker_refs], names, what, self.cfg.timeout_s, "weight_sync.timeout_s")
 
 
 def _nbytes(dtype: str, shape: list[int]) -> int:

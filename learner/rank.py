@@ -141,9 +141,10 @@ class LearnerRank:
         self.engine.train()
         return steps.sft_on_batch(self, batch, lr)
 
-    def probe_logprobs(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> list[list[float]]:
-        """*Collective.* Response logprobs at the rollout temperature (weight-sync verification)."""
-        return steps.probe(self, sequences, prompt_lengths)
+    def probe_logprobs(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
+                       temperature: Optional[float] = None) -> list[list[float]]:
+        """*Collective.* Response logprobs (weight-sync verification); default: the rollout temperature."""
+        return steps.probe(self, sequences, prompt_lengths, temperature)
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, directory: str, tag: Optional[str] = None, client_state: Optional[dict] = None) -> None:

@@ -289,11 +289,12 @@ def sft_on_batch(eng: Engine, batch: LearnerBatch, lr: Optional[float] = None) -
     return out
 
 
-def probe(eng: Engine, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> list[list[float]]:
-    """Response logprobs at the rollout temperature of fixed probe sequences (weight-sync check)."""
+def probe(eng: Engine, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
+          temperature: Optional[float] = None) -> list[list[float]]:
+    """Response logprobs of fixed probe sequences (weight-sync check); default: the rollout temperature."""
     seqs = [torch.as_tensor(list(s), dtype=torch.long) for s in sequences]
     batch = LearnerBatch(seqs, list(prompt_lengths), [torch.zeros(len(s) - p) for s, p in zip(seqs, prompt_lengths)],
                          torch.zeros(len(seqs)), torch.zeros(len(seqs)), torch.zeros(len(seqs), dtype=torch.long),
                          torch.zeros(len(seqs), dtype=torch.long), torch.ones(len(seqs), dtype=torch.bool))
-    lps = score(eng, batch, list(range(len(seqs))))
+    lps = score(eng, batch, list(range(len(seqs))), temperature=temperature)
     return [lps[i].tolist() if i in lps else [] for i in range(len(seqs))]

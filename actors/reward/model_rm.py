@@ -57,3 +57,14 @@ class ModelRewardScorer:
     def score(self, samples: Sequence[Any]) -> list[float]:
         """One float per sample, from sample.prompt + sample.response."""
         return self.score_texts([self.text(s.prompt, s.response) for s in samples])
+
+    def score_group(self, group: Any, weight: float = 1.0) -> Any:
+        """Add the model's score to each sample of a (rule-scored) group as component "model".
+
+        A sample whose rule scoring already failed keeps reward 0: its error stands.
+        """
+        for s, value in zip(group.samples, self.score(group.samples)):
+            s.reward_components["model"] = value
+            if s.reward_error is None:
+                s.reward += weight * value
+        return group

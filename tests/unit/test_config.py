@@ -62,6 +62,7 @@ def test_override_without_equals_sign():
     ({"trainer.eval_n": 4}, "eval_sampling", "eval_temperature"),
     ({"model.dtype": "fp8"}, "enum_values", "model.dtype"),
     ({"algorithm.advantage.name": "gae"}, "critic_available", "PPO critic"),
+    ({"algorithm.off_policy.name": "tis", "rollout.sampling.top_p": 0.9}, "sampler_logprobs_comparable", "top_p=1.0"),
 ])
 def test_named_checks_say_what_to_change(over, check, hint):
     cfg = good(**over)
