@@ -89,11 +89,13 @@ def collect_groups(run: Run, buffer: GroupBuffer, state: LoopState, timing: dict
     more prompts (only as many as are missing) for at most buffer.max_extra_rounds extra rounds."""
     cfg = run.cfg
     need = cfg.trainer.prompts_per_step
+    issued: dict[str, int] = {}
     for round_ in range(1 + (cfg.buffer.max_extra_rounds if cfg.buffer.dynamic_sampling else 0)):
         missing = need - buffer.ready()
         if missing <= 0:
             break
         prompts = with_seeds(run.stream.take(missing), cfg.rollout.seed, state.step, round_)
+        issued.update((p["prompt_id"], len(issued) + i) for i, p in enumerate(prompts))
         for group in run.rollout.generate(prompts, cfg.rollout.n):
             buffer.add(group, state.version)
         timing["rounds"] = round_ + 1
@@ -102,7 +104,9 @@ def collect_groups(run: Run, buffer: GroupBuffer, state: LoopState, timing: dict
         groups += buffer.take_filtered(need - len(groups))
     buffer.clear_filtered()
     state.data = run.stream.state()
-    return groups
+    # Groups arrive in completion order, which varies run to run; training in issue order makes a
+    # step's batch (and so its float sums) a function of the data position alone: resumable exactly.
+    return sorted(groups, key=lambda g: issued.get(g.prompt_id, len(issued)))
 
 
 def with_seeds(prompts: list[dict[str, Any]], seed: int, step: int, round_: int) -> list[dict[str, Any]]:
