@@ -16,31 +16,16 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from actors.config import BufferConfig, RewardConfig, RolloutConfig
+from cluster.tiny_model import TinyModelSpec
 from learner.algorithms.registry import suggest
 from learner.config import AlgorithmConfig, LearnerConfig
-
-
-@dataclasses.dataclass
-class TinyConfig:
-    """The project's own tiny Qwen3, built at model.path when missing (see cluster/tiny_model.py)."""
-
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 256
-    moe: bool = False
-    num_experts: int = 8
-    num_experts_per_tok: int = 2
-    moe_intermediate_size: int = 64
-    seed: int = 0
 
 
 @dataclasses.dataclass
 class ModelConfig:
     path: str = ""  # a Hugging Face model directory (config, safetensors, tokenizer)
     dtype: str = "float32"  # float32 | bfloat16 (rollout and learner)
-    tiny: Optional[TinyConfig] = None  # set: build the project's tiny model at `path` if it is missing
+    tiny: Optional[TinyModelSpec] = None  # set: build the project's tiny model at `path` if it is missing
 
 
 @dataclasses.dataclass

@@ -53,9 +53,9 @@ def make_run_dir(cfg: RunConfig) -> Path:
 def ensure_model(cfg: RunConfig) -> str:
     path = Path(cfg.model.path).expanduser()
     if cfg.model.tiny is not None:
-        from cluster.tiny_model import TinyModelSpec, make_tiny_model
+        from cluster.tiny_model import make_tiny_model
 
-        make_tiny_model(path, TinyModelSpec(**dataclasses.asdict(cfg.model.tiny)))
+        make_tiny_model(path, cfg.model.tiny)
     return str(path)
 
 

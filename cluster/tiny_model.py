@@ -26,7 +26,7 @@ CHAT_TEMPLATE = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class TinyModelSpec:
     """Shape of a tiny model. Defaults: ~0.3M parameters (hidden 128, 2 layers)."""
 
@@ -98,11 +98,12 @@ def build_model(spec: TinyModelSpec, vocab_size: int, pad_id: int, eos_id: int, 
     return Qwen3ForCausalLM(Qwen3Config(**common))
 
 
-def make_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec = TinyModelSpec(), overwrite: bool = False) -> Path:
+def make_tiny_model(out_dir: str | os.PathLike, spec: TinyModelSpec | None = None, overwrite: bool = False) -> Path:
     """Write tokenizer + random-init model to `out_dir` (a HF model directory) and return it.
 
     Cached: an existing directory built from the same spec is reused unless `overwrite`.
     """
+    spec = spec or TinyModelSpec()
     out = Path(out_dir)
     stamp = out / "relayrl_tiny_spec.json"
     want = json.dumps(dataclasses.asdict(spec), sort_keys=True)
