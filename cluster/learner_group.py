@@ -14,7 +14,6 @@ then does every rank build its engine.
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Any, Optional, Sequence
 
@@ -24,9 +23,6 @@ from cluster.actor_group import ActorCallTimeout, ActorGroup, GroupSpec
 from learner.batch import LearnerBatch
 from learner.config import AlgorithmConfig, LearnerConfig
 from learner.rank import LearnerRank
-
-
-_instances = itertools.count()
 
 
 class _PlacedRank(LearnerRank):
@@ -48,11 +44,7 @@ class LearnerGroup:
         env = {"TOKENIZERS_PARALLELISM": "false"}
         if cfg.threads_per_rank:
             env["OMP_NUM_THREADS"] = str(cfg.threads_per_rank)
-        # ActorGroup names its placement group after the spec name and pid: two live learner groups in
-        # one driver (tests, benchmarks) need distinct names.
-        n = next(_instances)
-        name = "learner" if n == 0 else f"learner{n}"
-        self.group = ActorGroup(GroupSpec(name, K, cfg.cpus_per_rank, cfg.gpus_per_rank, env=env),
+        self.group = ActorGroup(GroupSpec("learner", K, cfg.cpus_per_rank, cfg.gpus_per_rank, env=env),
                                 _PlacedRank, args_for=lambda i: ((), {}))
         try:
             ips = [ip for ip, _ in self._call("node_info")]

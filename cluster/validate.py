@@ -99,6 +99,14 @@ def sampler_logprobs_comparable(cfg: RunConfig) -> Optional[str]:
 
 
 @check
+def async_mode_available(cfg: RunConfig) -> Optional[str]:
+    if cfg.trainer.mode == "async":
+        return ("trainer.mode=async (generation overlapping learning) is not in this version yet: use "
+                "trainer.mode=sync; the buffer's staleness bound and the off-policy corrections it needs are in place")
+    return None
+
+
+@check
 def batch_divides_ranks(cfg: RunConfig) -> Optional[str]:
     total, k, m = samples_per_step(cfg), cfg.learner.num_ranks, cfg.algorithm.mini_batches
     if total % (k * m):
