@@ -51,7 +51,7 @@ class LearnerGroup:
             master_addr, master_port = self._wait([self.group.actors[0].weight_sync_address.remote()], "rendezvous")[0]
             local_rank = [ips[:i].count(ip) for i, ip in enumerate(ips)]
             local_size = [ips.count(ip) for ip in ips]
-            if device == "cuda":  # Ray gives each rank its own visible GPU: it is device 0 in every actor
+            if device == "cuda":  # GPU-only: Ray gives each rank its own visible GPU: it is device 0 in every actor
                 local_rank, local_size = [0] * K, [1] * K
             self._call_each("start", [
                 ((model_path, cfg, algo, i, K, master_addr, master_port, total_steps),

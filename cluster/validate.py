@@ -143,6 +143,8 @@ def device_consistency(cfg: RunConfig) -> Optional[str]:
             return "rollout.tensor_parallel_size > 1 needs GPUs (cluster.device=cuda); vLLM's CPU build runs TP 1 here"
         if cfg.learner.gpus_per_rank > 0:
             return "learner.gpus_per_rank > 0 with cluster.device=cpu: set cluster.device=cuda or gpus_per_rank=0"
+    elif cfg.learner.gpus_per_rank <= 0:
+        return "cluster.device=cuda but learner.gpus_per_rank=0: give each learner rank a GPU (learner.gpus_per_rank=1)"
     return None
 
 

@@ -1,0 +1,127 @@
+"""End-to-end runs of the real stack: Ray, vLLM (CPU build), DeepSpeed learner, weight broadcast.
+
+Small and short (a few steps on the tiny model), but every component is the real one.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cluster.checkpoint import Checkpointer
+from cluster.config import load_config
+from cluster.trainer import train
+from cluster.validate import validate
+
+pytestmark = pytest.mark.slow
+
+
+def demo_config(tmp_path, run_name, *extra):
+    over = [
+        f"model.path={tmp_path}/model", f"logging.run_dir={tmp_path}/{run_name}", "logging.progress=false",
+        "logging.tensorboard=true", "logging.dump_samples_every=2", "trainer.warm_start.steps=30",
+        "trainer.prompts_per_step=8", "rollout.n=4", "trainer.eval_max_prompts=16", "trainer.eval_every=2",
+        "weight_sync.verify_every=1", *extra,
+    ]
+    return validate(load_config("configs/demo_grpo.yaml", over))
+
+
+def rows(run_dir, kind):
+    return [r for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def weights(model_dir):
+    out = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def test_demo_steps_move_rewards_versions_and_weights(tmp_path):
+    run_dir = train(demo_config(tmp_path, "run", "trainer.total_steps=4", "checkpoint.every=2",
+                                "trainer.warm_start.steps=500"))
+
+    steps = rows(run_dir, "train")
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [r["version"] for r in steps] == [1, 2, 3, 4]  # one weight version per update
+    for r in steps:
+        assert r["rollout/samples"] == 32 and r["learner/sequences"] == 32
+        assert 0.0 <= r["reward/mean"] <= 1.0 and "reward/arithmetic" in r
+        assert r["sync/probe_max_abs_diff"] <= 1e-4  # rollout engines hold exactly the learner's weights
+        assert r["learner/old_sampler_logprob_diff_max"] < 1e-3  # and sampled from them
+        assert r["sync/bytes"] > 0
+        # a step whose groups all had equal rewards has zero advantages and so zero gradient; any other moves
+        assert (r["learner/grad_norm"] > 0) == (r["rollout/all_equal_groups"] < r["rollout/groups"])
+        assert {"timing/generate", "timing/learn", "timing/sync"} <= set(r)
+    assert any(r["reward/std"] > 0 for r in steps), "the warm-started policy should sometimes be right"
+    assert rows(run_dir, "warm_start")[-1]["sft/loss"] < rows(run_dir, "warm_start")[0]["sft/loss"]
+    evals = rows(run_dir, "eval")
+    assert [r["step"] for r in evals] == [0, 2, 4] and all(0 <= r["eval/accuracy"] <= 1 for r in evals)
+
+    # weights moved: the exported model differs from the random init it started from
+    init, final = weights(tmp_path / "model"), weights(Path(run_dir) / "final_model")
+    assert set(init) <= set(final) | {"lm_head.weight"}
+    assert max((final[k] - init[k]).abs().max().item() for k in init if k in final) > 1e-3
+
+    # what a user finds in the run directory
+    for name in ("config.yaml", "curves.png", "final_model/config.json", "checkpoints/latest"):
+        assert (Path(run_dir) / name).exists(), name
+    assert list((Path(run_dir) / "tb").iterdir()) and list((Path(run_dir) / "samples").glob("step_*.jsonl"))
+    sample = json.loads((Path(run_dir) / "samples/step_000002.jsonl").read_text().splitlines()[0])
+    assert {"prompt", "completion", "reward", "components", "policy_version"} <= set(sample)
+    assert sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("step_*")) == ["step_000002", "step_000004"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    """3 steps + crash + resume + 3 steps == 6 uninterrupted steps (fp32, fixed seeds)."""
+    common = ("trainer.total_steps=6", "checkpoint.every=3", "checkpoint.keep_last=3", "trainer.eval_every=0",
+              "weight_sync.verify_every=0", "trainer.eval_max_prompts=4")
+    full = train(demo_config(tmp_path, "full", *common))
+
+    # The interrupted run: the same job, stopped right after its step-3 checkpoint.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(full, crashed, ignore=shutil.ignore_patterns("final_model", "step_000006", "tb"))
+    (crashed / "checkpoints" / "latest").write_text("step_000003")
+    lines = (crashed / "metrics.jsonl").read_text().splitlines()
+    (crashed / "metrics.jsonl").write_text("\n".join(l for l in lines if json.loads(l).get("step", 0) <= 3) + "\n")
+    assert Checkpointer.load_state(Checkpointer.latest(crashed))["step"] == 3
+
+    resumed = train(demo_config(tmp_path, "unused", *common, f"checkpoint.resume={crashed}"))
+    assert Path(resumed) == crashed
+
+    a, b = rows(full, "train"), rows(crashed, "train")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(a[3:], b[3:]):
+        assert ra["version"] == rb["version"]
+        for key in ("reward/mean", "rollout/response_tokens", "learner/loss", "learner/grad_norm"):
+            assert rb[key] == pytest.approx(ra[key], abs=1e-6), key
+    wa, wb = weights(Path(full) / "final_model"), weights(crashed / "final_model")
+    assert wa.keys() == wb.keys()
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
+
+
+def test_real_data_path_gsm8k_on_local_model(tmp_path):
+    """configs/gsm8k.yaml as a user runs it (chat template, math-verify, ZeRO-3, bf16), pointed at a
+    local model directory and the shipped sample rows; sized down to fit the tiny model."""
+    from cluster.tiny_model import TinyModelSpec, make_tiny_model
+
+    # character-level tokens: GSM8K questions run to ~600 of them
+    model = make_tiny_model(tmp_path / "user_model", TinyModelSpec(max_position_embeddings=1024))
+    cfg = validate(load_config("configs/gsm8k.yaml", [
+        f"model.path={model}", f"logging.run_dir={tmp_path}/gsm8k", "logging.progress=false",
+        "trainer.total_steps=2", "trainer.prompts_per_step=4", "rollout.n=2", "rollout.max_model_len=1024",
+        "rollout.kv_cache_gib=0.25", "rollout.sampling.max_new_tokens=24", "data.max_prompt_tokens=960",
+        "learner.micro_batch_tokens=4096", "trainer.eval_max_prompts=2", "weight_sync.verify_every=1",
+        "checkpoint.every=0", "logging.dump_samples_every=1",
+    ]))
+    run_dir = Path(train(cfg))
+    steps = rows(run_dir, "train")
+    assert [r["version"] for r in steps] == [1, 2]
+    assert all("reward/math_verify" in r and r["reward/errors"] == 0 for r in steps)
+    assert all(r["sync/probe_max_abs_diff"] <= cfg.weight_sync.verify_tolerance for r in steps)
+    sample = json.loads(next((run_dir / "samples").glob("*.jsonl")).read_text().splitlines()[0])
+    assert sample["prompt"].startswith("<|im_start|>user\n")  # the tokenizer's chat template was applied
+    assert (run_dir / "final_model" / "config.json").exists()
