@@ -75,6 +75,25 @@ def test_demo_steps_move_rewards_versions_and_weights(tmp_path):
     assert sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("step_*")) == ["step_000002", "step_000004"]
 
 
+def test_exported_model_serves_in_vllm_with_transformers_logprobs(tmp_path):
+    """The run's final Hugging Face directory loads in vLLM and scores as transformers does."""
+    from actors.config import RolloutConfig
+    from actors.rollout import RolloutWorker
+    from tests.weight_sender import hf_logprobs, max_abs_diff
+
+    run_dir = train(demo_config(tmp_path, "run", "trainer.total_steps=2", "trainer.eval_every=0"))
+    final = str(Path(run_dir) / "final_model")
+    worker = RolloutWorker(final, RolloutConfig(max_model_len=64), "float32")
+    try:
+        groups = worker.generate([{"prompt_id": "a", "prompt": "12+34="}, {"prompt_id": "b", "prompt": "7+5="}], n=4)
+        seqs = [s.prompt_ids + s.response_ids for g in groups for s in g.samples]
+        plens = [len(s.prompt_ids) for g in groups for s in g.samples]
+        assert max_abs_diff(worker.score_logprobs(seqs, plens, 1.0), hf_logprobs(final, seqs, plens)) <= 1e-4
+        assert max_abs_diff([s.logprobs for g in groups for s in g.samples], hf_logprobs(final, seqs, plens)) <= 1e-4
+    finally:
+        worker.shutdown()
+
+
 def test_resume_continues_exactly(tmp_path):
     """3 steps + crash + resume + 3 steps == 6 uninterrupted steps (fp32, fixed seeds)."""
     common = ("trainer.total_steps=6", "checkpoint.every=3", "checkpoint.keep_last=3", "trainer.eval_every=0",
