@@ -29,7 +29,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax2.set_ylim(0, 100)
     ax.set_title(Path(run_dir).name)
     ax.grid(alpha=0.3)
-    fig.legend(loc="lower right", fontsize=8)
+    fig.legend(loc="upper left", bbox_to_anchor=(0.0, 1.0), bbox_transform=ax.transAxes, fontsize=8)
     fig.tight_layout()
     path = Path(out) if out else Path(run_dir) / "curves.png"
     fig.savefig(path)
