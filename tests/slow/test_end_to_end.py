@@ -144,3 +144,29 @@ def test_real_data_path_gsm8k_on_local_model(tmp_path):
     sample = json.loads(next((run_dir / "samples").glob("*.jsonl")).read_text().splitlines()[0])
     assert sample["prompt"].startswith("<|im_start|>user\n")  # the tokenizer's chat template was applied
     assert (run_dir / "final_model" / "config.json").exists()
+
+
+def test_reward_model_scores_on_its_own_actor(tmp_path):
+    """reward.model_path adds a sequence-classification RM actor after the rule scorers."""
+    from transformers import Qwen3Config, Qwen3ForSequenceClassification
+
+    from cluster.tiny_model import build_tokenizer
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    rm = Qwen3ForSequenceClassification(Qwen3Config(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=16, intermediate_size=64, max_position_embeddings=128, num_labels=1, pad_token_id=tok.pad_token_id))
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+
+    run_dir = train(demo_config(tmp_path, "rm_run", "trainer.total_steps=1", "trainer.eval_max_prompts=2",
+                                f"reward.model_path={tmp_path}/rm", "reward.model_weight=0.5",
+                                "logging.dump_samples_every=1"))
+    step = rows(run_dir, "train")[0]
+    assert "reward/model" in step and "reward/arithmetic" in step
+    dumped = [json.loads(line) for line in (Path(run_dir) / "samples/step_000001.jsonl").read_text().splitlines()]
+    for s in dumped:
+        c = s["components"]
+        assert s["reward"] == pytest.approx(c["arithmetic"] + 0.5 * c["model"], abs=1e-6)
+    assert len({round(s["components"]["model"], 6) for s in dumped}) > 1  # a real model scored each completion
