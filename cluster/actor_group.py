@@ -34,7 +34,7 @@ class GroupSpec:
 class ActorGroup:
     """N actors of one class, one placement-group bundle each, with batched (async) calls.
 
-    `env_for(i)` can give actor i its own environment (ranks, thread binding) on top of `spec.env`.
+    `args_for(i)` gives actor i's constructor (args, kwargs); every actor gets `spec.env`.
     """
 
     def __init__(
@@ -42,7 +42,6 @@ class ActorGroup:
         spec: GroupSpec,
         cls: type,
         args_for: Callable[[int], tuple[tuple, dict]],
-        env_for: Callable[[int], dict[str, str]] | None = None,
         max_concurrency: int = 1,
     ):
         self.spec = spec
@@ -56,8 +55,8 @@ class ActorGroup:
         ray.get(self.pg.ready(), timeout=300)
         remote_cls = ray.remote(cls)
         self.actors = []
+        env = dict(spec.env)
         for i in range(spec.num_actors):
-            env = {**spec.env, **(env_for(i) if env_for else {})}
             args, kwargs = args_for(i)
             opts = dict(
                 num_cpus=bundles[i]["CPU"],
@@ -65,7 +64,6 @@ class ActorGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
                 runtime_env={"env_vars": env} if env else None,
                 max_concurrency=max_concurrency,
-                name=None,
             )
             self.actors.append(remote_cls.options(**opts).remote(*args, **kwargs))
 

@@ -23,8 +23,8 @@ from actors.types import Group
 from cluster.actor_group import ActorCallTimeout, ActorGroup, GroupSpec
 
 
-def rollout_env(cfg: RolloutConfig, index: int, device: str) -> dict[str, str]:
-    """Environment of rollout worker `index` (threads and core pinning are the worker's own: actors/rollout.py)."""
+def rollout_env() -> dict[str, str]:
+    """Environment of every rollout worker (threads and core pinning are the worker's own: actors/rollout.py)."""
     return {"TOKENIZERS_PARALLELISM": "false",
             # vLLM logs every weight reload at INFO; a run's console is for the step lines.
             "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}
@@ -35,10 +35,9 @@ class RolloutPool:
         self.rollout_cfg, self.reward_cfg = rollout, reward
         self.workers = ActorGroup(
             GroupSpec("rollout", rollout.num_workers, rollout.cpus_per_worker,
-                      float(rollout.tensor_parallel_size) if device == "cuda" else 0.0),
+                      float(rollout.tensor_parallel_size) if device == "cuda" else 0.0, env=rollout_env()),
             RolloutWorker,
             args_for=lambda i: ((model_path, rollout, dtype), {"worker_index": i, "device": device}),
-            env_for=lambda i: rollout_env(rollout, i, device),
         )
         specs = [{"name": f.name, "weight": f.weight, "params": dict(f.params)} for f in reward.functions]
         self.scorers = ActorGroup(
