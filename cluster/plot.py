@@ -13,9 +13,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     matplotlib.use("Agg")  # files only: no display on a cluster node
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir)
-    train = [r for r in rows if r["kind"] == "train" and "reward/mean" in r]
-    evals = [r for r in rows if r["kind"] == "eval" and "eval/accuracy" in r]
+    rows = read_metrics(run_dir)  # one row per (kind, step): the last logged, so a resumed run plots once
+    train = sorted((r for r in rows if r.get("kind") == "train" and "reward/mean" in r), key=lambda r: r["step"])
+    evals = sorted((r for r in rows if r.get("kind") == "eval" and "eval/accuracy" in r), key=lambda r: r["step"])
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
         ax.plot([r["step"] for r in train], [r["reward/mean"] for r in train], color="tab:blue", label="train reward (mean)")

@@ -38,9 +38,11 @@ class LoopState:
 
 def train(cfg: RunConfig) -> Path:
     run = start_run(cfg)  # run dir + resolved config, model, data, Ray, learner, rollout pool, weight sync
-    logger = MetricsLogger(run.dir, cfg.trainer.total_steps, cfg.logging.tensorboard, cfg.logging.wandb_project,
-                           cfg.logging.progress, cfg.logging.name)
     ckpt = Checkpointer(run.dir, cfg.checkpoint.keep_last)
+    resume_from = resume_point(cfg)
+    logger = MetricsLogger(run.dir, cfg.trainer.total_steps, cfg.logging.tensorboard, cfg.logging.wandb_project,
+                           cfg.logging.progress, cfg.logging.name,
+                           resume_step=None if resume_from is None else Checkpointer.load_state(resume_from)["step"])
     buffer = GroupBuffer(cfg.buffer, cfg.rollout.sampling.max_new_tokens)
     state = LoopState()
     try:
@@ -171,10 +173,18 @@ def save(run: Run, ckpt: Checkpointer, state: LoopState) -> Path:
     return ckpt.save(state.step, trainer_state, run.learner.save_checkpoint)
 
 
-def resume(run: Run, ckpt: Checkpointer, logger: MetricsLogger) -> LoopState:
-    path = Checkpointer.latest(run.cfg.checkpoint.resume)
+def resume_point(cfg: RunConfig) -> Path | None:
+    """The checkpoint a resumed run continues from (None for a fresh run)."""
+    if not cfg.checkpoint.resume:
+        return None
+    path = Checkpointer.latest(cfg.checkpoint.resume)
     if path is None:
-        raise FileNotFoundError(f"checkpoint.resume={run.cfg.checkpoint.resume}: no checkpoints/latest there")
+        raise FileNotFoundError(f"checkpoint.resume={cfg.checkpoint.resume}: no checkpoints/latest there")
+    return path
+
+
+def resume(run: Run, ckpt: Checkpointer, logger: MetricsLogger) -> LoopState:
+    path = resume_point(run.cfg)
     saved = Checkpointer.load_state(path)
     run.learner.load_checkpoint(str(path / "learner"))
     set_rng_state(saved.pop("rng"))
@@ -182,6 +192,8 @@ def resume(run: Run, ckpt: Checkpointer, logger: MetricsLogger) -> LoopState:
     run.stream.load_state(state.data)
     run.sync.push(state.version)
     logger.print(f"resumed from {path} at step {state.step} (policy version {state.version}, data {state.data})")
+    if logger.rewind is not None and logger.rewind.dropped:
+        logger.print(logger.rewind.summary())
     return state
 
 

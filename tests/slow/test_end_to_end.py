@@ -104,15 +104,21 @@ def test_resume_continues_exactly(tmp_path):
     crashed = tmp_path / "crashed"
     shutil.copytree(full, crashed, ignore=shutil.ignore_patterns("final_model", "step_000006", "tb"))
     (crashed / "checkpoints" / "latest").write_text("step_000003")
-    lines = (crashed / "metrics.jsonl").read_text().splitlines()
-    (crashed / "metrics.jsonl").write_text("\n".join(l for l in lines if json.loads(l).get("step", 0) <= 3) + "\n")
+    # metrics.jsonl still holds steps 4..6 and the final eval (as after a crash late in the run), plus a
+    # line cut short by the kill: the resumed run must log each step once and keep the rest aside.
+    with (crashed / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "train", "step": 7, "rew')
     assert Checkpointer.load_state(Checkpointer.latest(crashed))["step"] == 3
 
     resumed = train(demo_config(tmp_path, "unused", *common, f"checkpoint.resume={crashed}"))
     assert Path(resumed) == crashed
 
     a, b = rows(full, "train"), rows(crashed, "train")
-    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]  # each once, though 4..6 were logged twice
+    discarded = [json.loads(l) for l in (crashed / "metrics.discarded.jsonl").read_text().splitlines()]
+    assert sorted(d["row"]["step"] for d in discarded if d["reason"] == "after_resume_step"
+                  and d["row"]["kind"] == "train") == [4, 5, 6]
+    assert any(d["reason"] == "invalid" for d in discarded)
     for ra, rb in zip(a[3:], b[3:]):
         assert ra["version"] == rb["version"]
         for key in ("reward/mean", "rollout/response_tokens", "learner/loss", "learner/grad_norm"):
