@@ -63,6 +63,7 @@ MAX_SLOTS = 256
 VISIBLE_TOP = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev", "proc", "sys", "tmp")
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 START_GRACE_S = 3.0  # host-side deadline = wall_s + this (interpreter start-up, namespace teardown)
+MAX_STDIN_BYTES = 4096  # the smallest pipe buffer Linux gives, so writing stdin never blocks
 
 
 class SandboxUnavailable(RuntimeError):
@@ -166,12 +167,20 @@ def run_python(
     allow_unisolated: bool = False,
     python: Optional[str] = None,
     visible: Sequence[str] = VISIBLE_TOP,
+    stdin: bytes = b"",
 ) -> SandboxResult:
     """Run `code` as `python -I -S main.py` in the sandbox and report how it ended.
+
+    `stdin` (at most MAX_STDIN_BYTES) is written to the program's stdin, which is then closed; without
+    it stdin is /dev/null. code_exec passes its per-call nonce this way: the program text (main.py)
+    and the environment stay readable to the code the program runs, a drained pipe does not.
 
     Raises SandboxUnavailable (no isolation and not allowed to run without) or SandboxError (the
     sandbox failed to start); everything the program itself does ends in a SandboxResult.
     """
+    if len(stdin) > MAX_STDIN_BYTES:
+        raise ValueError(f"run_python stdin is for a few bytes (at most {MAX_STDIN_BYTES}), got {len(stdin)}; "
+                         f"put larger inputs in the program text")
     isolated, why = isolation_support()
     if not isolated and not allow_unisolated:
         raise SandboxUnavailable(f"code sandbox unavailable: {why} (allow_unisolated=True runs without isolation)")
@@ -194,12 +203,16 @@ def run_python(
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env={"PATH": SAFE_PATH, "LANG": "C.UTF-8"}, cwd="/", pass_fds=(status_w,),
-                start_new_session=True,  # one process group to kill, away from ours
+                argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env={"PATH": SAFE_PATH, "LANG": "C.UTF-8"}, cwd="/",
+                pass_fds=(status_w,), start_new_session=True,  # one process group to kill, away from ours
             )
         finally:
             os.close(status_w)
+        if stdin:
+            with contextlib.suppress(BrokenPipeError):  # the program is gone already: its result says how
+                os.write(proc.stdin.fileno(), stdin)  # fits in any pipe buffer, so it never blocks
+            proc.stdin.close()
         with os.fdopen(status_r, "rb") as status_pipe:
             out, err, host_reason = _collect(proc, start + limits.wall_s + START_GRACE_S, limits.max_output_bytes)
             status = _parse_status(status_pipe.read())
