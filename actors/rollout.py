@@ -80,6 +80,17 @@ class RolloutWorker:
         kwargs.update(cfg.engine_kwargs)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One tiny sampled request with logprobs: the engine's first such request pays one-time
+        set-up (seconds on CPU) that would otherwise land in the first evaluation or step."""
+        from vllm import SamplingParams
+
+        eos = self.tokenizer.eos_token_id
+        prompt = {"prompt_token_ids": [eos if eos is not None else 0] * 4}
+        self.llm.generate([prompt], SamplingParams(n=2, max_tokens=2, logprobs=0, flat_logprobs=True, seed=0,
+                                                  ignore_eos=True, detokenize=False), use_tqdm=False)
 
     # ---- generation -------------------------------------------------------------------------------
     @property

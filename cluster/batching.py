@@ -40,14 +40,20 @@ def groups_to_batch(groups: list[Group], algo: AlgorithmConfig) -> LearnerBatch:
     )
 
 
-def sft_batch(prompts: list[dict[str, Any]], tokenizer: Any, target_key: str) -> LearnerBatch:
-    """A supervised batch: prompt -> meta[target_key] followed by EOS, loss on the target tokens only."""
-    ids, plens = [], []
+def sft_examples(prompts: list[dict[str, Any]], tokenizer: Any, target_key: str) -> list[tuple[list[int], int]]:
+    """(prompt + meta[target_key] + EOS token ids, prompt length) of each prompt, tokenised once."""
+    out = []
     for p in prompts:
         prompt_ids = tokenizer(p["prompt"], add_special_tokens=False)["input_ids"]
         target_ids = tokenizer(str(p["meta"][target_key]), add_special_tokens=False)["input_ids"]
-        ids.append(torch.tensor(prompt_ids + target_ids + [tokenizer.eos_token_id], dtype=torch.long))
-        plens.append(len(prompt_ids))
+        out.append((prompt_ids + target_ids + [tokenizer.eos_token_id], len(prompt_ids)))
+    return out
+
+
+def sft_batch(examples: list[tuple[list[int], int]]) -> LearnerBatch:
+    """A supervised batch of sft_examples: loss on the target tokens (and EOS) only."""
+    ids = [torch.tensor(seq, dtype=torch.long) for seq, _ in examples]
+    plens = [p for _, p in examples]
     n = len(ids)
     return LearnerBatch(
         input_ids=ids,

@@ -24,7 +24,9 @@ from learner.config import AlgorithmConfig, LearnerConfig
 @dataclasses.dataclass
 class ModelConfig:
     path: str = ""  # a Hugging Face model directory (config, safetensors, tokenizer)
-    dtype: str = "float32"  # float32 | bfloat16 (rollout and learner)
+    # auto: bfloat16 where the CPU/GPU computes it natively, else float32 (cluster/dtype.py says why);
+    # the default of rollout.dtype and learner.dtype
+    dtype: str = "auto"  # auto | float32 | bfloat16
     tiny: Optional[TinyModelSpec] = None  # set: build the project's tiny model at `path` if it is missing
 
 
@@ -72,7 +74,9 @@ class WeightSyncConfig:
     bucket_mb: float = 64.0
     timeout_s: float = 120.0  # a broadcast not done by then fails, naming who did not answer
     verify_every: int = 0  # probe-logprob check of every rollout worker every N steps (0 = never)
-    verify_tolerance: float = 1e-4
+    # max |learner - rollout| probe logprob; None: 1e-4 when both sides run float32 (they agree to ~1e-6),
+    # 2e-2 when either runs bfloat16 (two bf16 engines differ by ~1e-2; wrong weights differ by >> 0.1)
+    verify_tolerance: Optional[float] = None
 
 
 @dataclasses.dataclass

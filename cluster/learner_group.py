@@ -76,9 +76,15 @@ class LearnerGroup:
     def sft_step(self, batch: LearnerBatch, lr: Optional[float] = None) -> dict[str, float]:
         """One supervised step. Sequences are dealt round-robin: uneven shards are fine (the loss
         uses the global token count)."""
+        return self.sft_steps([batch], lr)[0]
+
+    def sft_steps(self, batches: Sequence[LearnerBatch], lr: Optional[float] = None) -> list[dict[str, float]]:
+        """Consecutive supervised steps in one call per rank; rank 0's metrics of each step."""
         K = len(self)
-        results = self._call_each("sft_step", [((batch.select(list(range(r, len(batch), K))), lr), {}) for r in range(K)])
-        _check_agree(results, ("sft/loss", "sft/grad_norm"), "sft_step")
+        shards = [[b.select(list(range(r, len(b), K))) for b in batches] for r in range(K)]
+        results = self._call_each("sft_steps", [((shards[r], lr), {}) for r in range(K)])
+        for step in zip(*results):
+            _check_agree(list(step), ("sft/loss", "sft/grad_norm"), "sft_step")
         return results[0]
 
     def probe_logprobs(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],

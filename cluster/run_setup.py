@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import RunConfig, dump_config
+from cluster.dtype import resolve_run_dtypes
+from cluster.logs import quiet_driver, to_console, worker_runtime_env
 from cluster.data import PromptStream, load_prompts, prompt_format_from_config
 
 
@@ -29,6 +31,8 @@ class Run:
     probe: tuple[list[list[int]], list[int]]  # fixed sequences for sync verification
     eval_component: str
     eval_threshold: float
+    startup_seconds: float = 0.0
+    notes: list[str] = dataclasses.field(default_factory=list)  # lines for the run's first lines (dtype choice ...)  # from start_run's call until every actor is up and weight sync is joined
 
     def shutdown(self) -> None:
         import ray
@@ -59,18 +63,20 @@ def ensure_model(cfg: RunConfig) -> str:
     return str(path)
 
 
-def start_ray(cfg: RunConfig) -> None:
+def start_ray(cfg: RunConfig, run_dir: Path) -> None:
     import ray
 
+    quiet = dict(logging_level=logging.ERROR, runtime_env=worker_runtime_env(run_dir) or None,
+                 log_to_driver=to_console())  # actor output: RUN_DIR/logs/actors.log (cluster/logs.py)
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, **quiet)
         return
     needed = (cfg.learner.num_ranks * cfg.learner.cpus_per_rank + cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
               + cfg.reward.num_scorers * max(cfg.reward.cpus_per_scorer, 0.01))
     # Logical CPUs for placement: threads are set explicitly per actor, so this does not oversubscribe.
     ray.init(num_cpus=max(int(needed + 0.999), cfg.cluster.num_cpus or os.cpu_count() or 1),
-             include_dashboard=False, logging_level=logging.WARNING)
+             include_dashboard=False, **quiet)
 
 
 def start_run(cfg: RunConfig) -> Run:
@@ -80,7 +86,11 @@ def start_run(cfg: RunConfig) -> Run:
     from cluster.rollout_pool import RolloutPool
     from cluster.weight_sync import WeightSync
 
+    t0 = time.perf_counter()
+    cfg, notes = resolve_run_dtypes(cfg)  # model.dtype=auto -> what this machine computes fastest
     run_dir = make_run_dir(cfg)
+    log_dir = quiet_driver(run_dir)
+    notes.append(f"library and actor logs: {log_dir}/")
     dump_config(cfg, run_dir / ("config.resumed.yaml" if cfg.checkpoint.resume else "config.yaml"))
     model_path = ensure_model(cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -90,11 +100,17 @@ def start_run(cfg: RunConfig) -> Run:
     eval_prompts = load_prompts(cfg.data.eval_files, fmt, tokenizer) if cfg.data.eval_files else []
     stream = PromptStream(train_prompts, cfg.data.seed, cfg.data.shuffle)
 
-    start_ray(cfg)
+    start_ray(cfg, run_dir)
     optimizer_steps = cfg.trainer.total_steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
-    learner = LearnerGroup(model_path, cfg.learner, cfg.algorithm, total_steps=optimizer_steps,
-                           temperature=cfg.rollout.sampling.temperature, device=cfg.cluster.device)
-    rollout = RolloutPool(model_path, cfg.rollout.dtype or cfg.model.dtype, cfg.rollout, cfg.reward, cfg.cluster.device)
+    # The rollout workers' constructors (vLLM import, engine start, warm-up) run in their actors while
+    # the learner group builds its DeepSpeed engines: start-up pays the longer of the two, not the sum.
+    rollout = RolloutPool(model_path, cfg.rollout.dtype, cfg.rollout, cfg.reward, cfg.cluster.device)
+    try:
+        learner = LearnerGroup(model_path, cfg.learner, cfg.algorithm, total_steps=optimizer_steps,
+                               temperature=cfg.rollout.sampling.temperature, device=cfg.cluster.device)
+    except BaseException:
+        rollout.shutdown()
+        raise
     sync = WeightSync(learner, rollout, cfg.weight_sync, cfg.cluster.device)
     sync.setup()
 
@@ -102,4 +118,5 @@ def start_run(cfg: RunConfig) -> Run:
     probe_tail = tokenizer(" 0123456789 relayrl probe", add_special_tokens=False)["input_ids"]
     component = cfg.trainer.eval_component or (cfg.reward.functions[0].name if cfg.reward.functions else "model")
     return Run(cfg, run_dir, model_path, tokenizer, train_prompts, eval_prompts, stream, learner, rollout, sync,
-               ([probe_prompt + probe_tail], [len(probe_prompt)]), component, cfg.trainer.eval_threshold)
+               ([probe_prompt + probe_tail], [len(probe_prompt)]), component, cfg.trainer.eval_threshold,
+               time.perf_counter() - t0, notes)

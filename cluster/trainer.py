@@ -20,7 +20,7 @@ import torch
 
 from actors.buffer import GroupBuffer
 from actors.types import Group
-from cluster.batching import groups_to_batch, sft_batch
+from cluster.batching import groups_to_batch, sft_batch, sft_examples
 from cluster.checkpoint import Checkpointer, rng_state, set_rng_state
 from cluster.config import RunConfig
 from cluster.evaluation import evaluate, rollout_stats
@@ -38,6 +38,7 @@ class LoopState:
 
 def train(cfg: RunConfig) -> Path:
     run = start_run(cfg)  # run dir + resolved config, model, data, Ray, learner, rollout pool, weight sync
+    cfg = run.cfg  # resolved: concrete dtypes and probe tolerance
     ckpt = Checkpointer(run.dir, cfg.checkpoint.keep_last)
     resume_from = resume_point(cfg)
     logger = MetricsLogger(run.dir, cfg.trainer.total_steps, cfg.logging.tensorboard, cfg.logging.wandb_project,
@@ -45,6 +46,9 @@ def train(cfg: RunConfig) -> Path:
                            resume_step=None if resume_from is None else Checkpointer.load_state(resume_from)["step"])
     buffer = GroupBuffer(cfg.buffer, cfg.rollout.sampling.max_new_tokens)
     state = LoopState()
+    for note in run.notes:
+        logger.print(note)
+    logger.print(f"started in {run.startup_seconds:.1f}s: {describe(run)}")
     try:
         if cfg.checkpoint.resume:
             state = resume(run, ckpt, logger)
@@ -86,6 +90,13 @@ def train(cfg: RunConfig) -> Path:
     return run.dir
 
 
+def describe(run: Run) -> str:
+    cfg = run.cfg
+    return (f"{len(run.learner)} learner rank(s) (ZeRO-{cfg.learner.zero_stage}, {cfg.learner.dtype}), "
+            f"{len(run.rollout.workers)} rollout worker(s) ({cfg.rollout.dtype}), "
+            f"{len(run.rollout.scorers)} reward scorer(s); run directory {run.dir}")
+
+
 def collect_groups(run: Run, buffer: GroupBuffer, state: LoopState, timing: dict[str, float]) -> list[Group]:
     """B valid groups for this step: generate, score and filter; with DAPO dynamic sampling, ask for
     more prompts (only as many as are missing) for at most buffer.max_extra_rounds extra rounds."""
@@ -123,12 +134,16 @@ def warm_start(run: Run, logger: MetricsLogger) -> None:
         return
     rng = random.Random(run.cfg.trainer.seed)
     t0 = time.perf_counter()
-    for i in range(1, ws.steps + 1):
-        prompts = rng.sample(run.train_prompts, min(ws.batch_size, len(run.train_prompts)))
-        m = run.learner.sft_step(sft_batch(prompts, run.tokenizer, ws.target_key), ws.lr)
-        if i % max(1, ws.steps // 5) == 0 or i == ws.steps:
-            logger.print(f"warm start {i}/{ws.steps}: loss {m['sft/loss']:.4f}")
-        logger.log(i, m, kind="warm_start")
+    examples = sft_examples(run.train_prompts, run.tokenizer, ws.target_key)  # tokenised once
+    report_every = max(1, ws.steps // 5)
+    chunk = max(1, min(report_every, 25))  # steps per learner call: few round trips, a live progress line
+    for first in range(1, ws.steps + 1, chunk):
+        last = min(ws.steps, first + chunk - 1)
+        batches = [sft_batch(rng.sample(examples, min(ws.batch_size, len(examples)))) for _ in range(first, last + 1)]
+        for i, m in enumerate(run.learner.sft_steps(batches, ws.lr), start=first):
+            logger.log(i, m, kind="warm_start")
+            if i % report_every == 0 or i == ws.steps:
+                logger.print(f"warm start {i}/{ws.steps}: loss {m['sft/loss']:.4f}")
     logger.print(f"warm start: {ws.steps} supervised steps in {time.perf_counter() - t0:.1f}s")
 
 

@@ -121,10 +121,11 @@ def batch_divides_ranks(cfg: RunConfig) -> Optional[str]:
 def enum_values(cfg: RunConfig) -> Optional[str]:
     allowed = [
         ("trainer.mode", cfg.trainer.mode, {"sync", "async"}),
-        ("model.dtype", cfg.model.dtype, {"float32", "bfloat16"}),
+        ("model.dtype", cfg.model.dtype, {"auto", "float32", "bfloat16"}),
+        ("rollout.dtype", cfg.rollout.dtype, {"", "float32", "bfloat16"}),
         ("cluster.device", cfg.cluster.device, {"cpu", "cuda"}),
         ("learner.zero_stage", cfg.learner.zero_stage, {0, 1, 2, 3}),
-        ("learner.dtype", cfg.learner.dtype, {"float32", "bfloat16"}),
+        ("learner.dtype", cfg.learner.dtype, {"", "float32", "bfloat16"}),
         ("learner.optimizer.name", cfg.learner.optimizer.name, {"adamw", "cpu_adam", "fused_adam"}),
         ("learner.optimizer.schedule", cfg.learner.optimizer.schedule, {"constant", "linear", "cosine"}),
         ("weight_sync.backend", cfg.weight_sync.backend, {"auto", "gloo", "nccl"}),

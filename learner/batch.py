@@ -41,6 +41,22 @@ class LearnerBatch:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    # Pickling (Ray ships a batch to every learner rank each step): the ragged lists travel as one
+    # flat tensor each plus their lengths — two tensors instead of 2B, which is most of the cost of
+    # sending a batch of hundreds of short sequences.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for key in ("input_ids", "sampler_logprobs"):
+            seqs = state.pop(key)
+            state[key] = (torch.cat(seqs) if seqs else torch.zeros(0), [int(x.numel()) for x in seqs])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key in ("input_ids", "sampler_logprobs"):
+            flat, lengths = state[key]
+            state[key] = list(torch.split(flat, lengths)) if lengths else []
+        self.__dict__.update(state)
+
     def response_lengths(self) -> list[int]:
         return [int(x.numel()) - p for x, p in zip(self.input_ids, self.prompt_lengths)]
 

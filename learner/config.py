@@ -59,7 +59,7 @@ class OptimizerConfig:
 class LearnerConfig:
     num_ranks: int = 1  # DeepSpeed data-parallel world size (one Ray actor per rank)
     zero_stage: int = 2
-    dtype: str = "float32"  # float32 | bfloat16
+    dtype: str = ""  # float32 | bfloat16; "" = model.dtype (resolved before the run starts)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False

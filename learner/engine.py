@@ -34,7 +34,8 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int, *, with_optimizer: boo
     if cfg.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"learner.zero_stage must be 0, 1, 2 or 3, got {cfg.zero_stage}")
     if cfg.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"learner.dtype must be float32 or bfloat16, got {cfg.dtype!r}")
+        raise ValueError(f"learner.dtype must be float32 or bfloat16 here, got {cfg.dtype!r} "
+                         f"(an empty value follows model.dtype: resolve it first, cluster.dtype.resolve_run_dtypes)")
     zero: dict[str, Any] = {
         "stage": cfg.zero_stage,
         # overlap_comm with unmanaged accumulation is only supported for stages 2/3 — and on CPU

@@ -141,6 +141,11 @@ class LearnerRank:
         self.engine.train()
         return steps.sft_on_batch(self, batch, lr)
 
+    def sft_steps(self, batches: Sequence[LearnerBatch], lr: Optional[float] = None) -> list[dict[str, float]]:
+        """*Collective.* Several supervised steps in one call: a warm start of hundreds of tiny steps
+        would otherwise pay a driver round trip (and a batch build) per step."""
+        return [self.sft_step(b, lr) for b in batches]
+
     def probe_logprobs(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
                        temperature: Optional[float] = None) -> list[list[float]]:
         """*Collective.* Response logprobs (weight-sync verification); default: the rollout temperature."""

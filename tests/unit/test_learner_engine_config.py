@@ -17,16 +17,16 @@ def test_config_fields():
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds["bf16"]["enabled"] and ds["gradient_clipping"] == 0.5
-    assert deepspeed_config(LearnerConfig(grad_clip=0.0), 1)["gradient_clipping"] == 0.0
+    assert deepspeed_config(LearnerConfig(grad_clip=0.0, dtype="float32"), 1)["gradient_clipping"] == 0.0
 
 
 def test_reference_config_has_no_optimizer_parts():
-    ds = deepspeed_config(LearnerConfig(zero_stage=3, offload_optimizer=True), 2, with_optimizer=False)
+    ds = deepspeed_config(LearnerConfig(zero_stage=3, offload_optimizer=True, dtype="float32"), 2, with_optimizer=False)
     assert "gradient_clipping" not in ds and "offload_optimizer" not in ds["zero_optimization"]
 
 
 def test_extra_deepspeed_is_deep_merged():
-    cfg = LearnerConfig(zero_stage=2, extra_deepspeed={"zero_optimization": {"reduce_bucket_size": 123}, "x": 1})
+    cfg = LearnerConfig(zero_stage=2, dtype="float32", extra_deepspeed={"zero_optimization": {"reduce_bucket_size": 123}, "x": 1})
     ds = deepspeed_config(cfg, 1)
     assert ds["zero_optimization"]["reduce_bucket_size"] == 123 and ds["zero_optimization"]["stage"] == 2
     assert ds["x"] == 1 and cfg.extra_deepspeed == {"zero_optimization": {"reduce_bucket_size": 123}, "x": 1}
@@ -36,7 +36,9 @@ def test_bad_values():
     with pytest.raises(ValueError, match="zero_stage"):
         deepspeed_config(LearnerConfig(zero_stage=4), 1)
     with pytest.raises(ValueError, match="offload_params"):
-        deepspeed_config(LearnerConfig(zero_stage=2, offload_params=True), 1)
+        deepspeed_config(LearnerConfig(zero_stage=2, offload_params=True, dtype="float32"), 1)
+    with pytest.raises(ValueError, match="follows model.dtype"):
+        deepspeed_config(LearnerConfig(zero_stage=2), 1)  # "" must be resolved before an engine is built
     with pytest.raises(ValueError, match="schedule"):
         lr_lambda(0, OptimizerConfig(schedule="step"), 10)
 
