@@ -12,7 +12,7 @@
    gloo group, no vLLM engine), which checks what it got. Seconds per full update and MB/s.
 
 Run (takes a few minutes; it is a heavy job, so take the machine's lock):
-    flock /tmp/relayrl-heavy.lock env PYTHONPATH=. .venv/bin/python scripts/bench_learner.py
+    flock /tmp/relayrl-heavy.lock .venv/bin/python scripts/bench_learner.py
 Writes JSON to --out and prints a markdown table.
 """
 
@@ -24,18 +24,15 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from cluster.tiny_model import TinyModelSpec, make_tiny_model, num_parameters  # noqa: E402
-from learner.batch import LearnerBatch  # noqa: E402
-from learner.config import AlgorithmConfig, LearnerConfig, OptimizerConfig  # noqa: E402
+from cluster.tiny_model import TinyModelSpec, make_tiny_model, num_parameters
+from learner.batch import LearnerBatch
+from learner.config import AlgorithmConfig, LearnerConfig, OptimizerConfig
 
 SIZES = {  # name -> spec (parameter counts printed by the run)
     "0.3M": TinyModelSpec(),

@@ -13,8 +13,8 @@
 
     flock /tmp/relayrl-heavy.lock .venv/bin/python scripts/bench_rollout.py [--out PATH]
 
-Writes JSON to --out and prints a markdown table. Run from the repository root (it imports
-tests/weight_sender.py, the learner stand-in used by the integration tests).
+Writes JSON to --out and prints a markdown table. Needs the package installed (`pip install -e .`);
+the stand-in learner rank 0 is learner/sender_process.py, the one the integration tests use.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # name -> TinyModelSpec kwargs. Dense sizes for the update-time curve; "moe" is the tiny Qwen3-MoE.
 MODELS = {
@@ -86,7 +85,7 @@ def bench_throughput(worker, args) -> dict:
 
 
 def bench_update(worker, model_dir: Path, args) -> dict:
-    from tests.weight_sender import WeightSender, free_port, load_checkpoint, plan
+    from learner.sender_process import WeightSender, free_port, load_checkpoint, plan
 
     bucket_bytes = int(args.bucket_mb * (1 << 20))
     manifest, buckets = plan(load_checkpoint(model_dir), bucket_bytes)

@@ -52,7 +52,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 TRAIN = ROOT / "configs/data/arithmetic/train.jsonl"
 TEST = ROOT / "configs/data/arithmetic/test.jsonl"

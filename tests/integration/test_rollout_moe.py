@@ -14,7 +14,7 @@ import pytest
 
 from actors.config import RolloutConfig, SamplingConfig
 from actors.rollout import RolloutWorker
-from tests.weight_sender import (
+from learner.sender_process import (
     WeightSender, free_port, load_checkpoint, perturbed, plan, sampler_vs_hf, write_model_dir,
 )
 

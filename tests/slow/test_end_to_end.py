@@ -79,7 +79,7 @@ def test_exported_model_serves_in_vllm_with_transformers_logprobs(tmp_path):
     """The run's final Hugging Face directory loads in vLLM and scores as transformers does."""
     from actors.config import RolloutConfig
     from actors.rollout import RolloutWorker
-    from tests.weight_sender import hf_logprobs, max_abs_diff
+    from learner.sender_process import hf_logprobs, max_abs_diff
 
     run_dir = train(demo_config(tmp_path, "run", "trainer.total_steps=2", "trainer.eval_every=0"))
     final = str(Path(run_dir) / "final_model")

@@ -1,14 +1,22 @@
-"""Stand-ins for the learner side in the rollout tests.
+"""Learner rank 0 without a learner: a weight sender in its own process, plus the learner's reference logprobs.
 
-- `WeightSender`: learner rank 0. It joins the weight-sync group as rank 0 and broadcasts (perturbed)
-  checkpoints following the protocol in actors/vllm_ext.py — with its own minimal send code, or
-  with the learner's (learner/weight_sync.py) on a transformers model, to check the two halves agree.
+For code that drives a rollout worker's weight sync without running the whole learner (the rollout
+integration tests and scripts/bench_rollout.py):
+
+- `WeightSender`: a stand-in for learner rank 0 in a spawned process. It joins the weight-sync group
+  as rank 0 and broadcasts (perturbed) checkpoints following the protocol in learner/weight_sync.py —
+  either straight from a checkpoint's state dict (`prepare`/`start_broadcast`; manifest from
+  `manifest_of`, buckets from the protocol's own `plan_buckets`), or with the learner's real sender
+  (`learner.weight_sync.WeightSender`) on a transformers model (`learner_*`). Not to be confused with
+  that class: this one is a process handle, that one is the in-process send side of a learner rank.
 - `hf_logprobs`: the learner's logprobs, log_softmax(logits / T) from a transformers fp32 forward.
 
-The sender runs in its own spawned process, because the group is collective: rank 0 and the rollout worker
-(in the test process) must be inside `stateless_init_torch_distributed_process_group` and
-`broadcast` at the same time. Commands are asynchronous: `start_*` returns at once, `wait()` returns
-the command's result (or re-raises its error).
+The sender runs in its own spawned process, because the group is collective: rank 0 and the rollout
+worker (in the calling process) must be inside the group's init and `broadcast` at the same time.
+Commands are asynchronous: `start_*` returns at once, `wait()` returns the command's result (or
+re-raises its error).
+
+Import-light: torch only at module level (safetensors, transformers and vLLM are imported when used).
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from learner.weight_sync import ManifestEntry, dtype_name, init_group, plan_buckets
 
 
 def free_port() -> int:
@@ -55,20 +65,15 @@ def perturbed(sd: dict[str, torch.Tensor], seed: int, scale: float) -> dict[str,
     return out
 
 
-def plan(sd: dict[str, torch.Tensor], bucket_bytes: int) -> tuple[list, list]:
-    """Manifest in state-dict order and buckets of one dtype, each at most ~bucket_bytes."""
-    manifest = [(k, str(v.dtype).removeprefix("torch."), list(v.shape)) for k, v in sd.items()]
-    buckets: list[list[int]] = []
-    open_: dict[str, tuple[list[int], int]] = {}  # dtype -> (indices, bytes) of its open bucket
-    for i, (k, dt, _) in enumerate(manifest):
-        nbytes = sd[k].numel() * sd[k].element_size()
-        idx, size = open_.get(dt, ([], 0))
-        if idx and size + nbytes > bucket_bytes:
-            buckets.append(idx)
-            idx, size = [], 0
-        open_[dt] = (idx + [i], size + nbytes)
-    buckets += [idx for idx, _ in open_.values() if idx]
-    return manifest, buckets
+def manifest_of(sd: dict[str, torch.Tensor]) -> list[ManifestEntry]:
+    """The protocol's manifest of a checkpoint-named state dict, in its order."""
+    return [(k, dtype_name(v.dtype), [int(d) for d in v.shape]) for k, v in sd.items()]
+
+
+def plan(sd: dict[str, torch.Tensor], bucket_bytes: int) -> tuple[list[ManifestEntry], list[list[int]]]:
+    """(manifest, buckets) of a state dict: the learner's own bucket plan (`plan_buckets`) on `manifest_of(sd)`."""
+    manifest = manifest_of(sd)
+    return manifest, plan_buckets(manifest, bucket_bytes)
 
 
 def write_model_dir(src_dir: str | Path, sd: dict[str, torch.Tensor], out_dir: str | Path) -> Path:
@@ -131,18 +136,14 @@ def _serve(conn) -> None:
                 conn.send(("ok", None))
                 return
             if cmd == "init":
-                from datetime import timedelta
-
-                from vllm.distributed.utils import stateless_init_torch_distributed_process_group
-
-                pg = stateless_init_torch_distributed_process_group(
-                    kw["host"], kw["port"], 0, kw["world_size"], "gloo", timeout=timedelta(seconds=kw["timeout_s"]))
+                pg = init_group(kw["host"], kw["port"], 0, kw["world_size"], "gloo", kw["timeout_s"])
                 conn.send(("ok", None))
             elif cmd == "prepare":
                 sd = load_checkpoint(kw["model_dir"])
                 if kw.get("seed") is not None:
                     sd = perturbed(sd, kw["seed"], kw["scale"])
                 manifest, buckets = plan(sd, kw["bucket_bytes"])
+                # the protocol's flat tensor per bucket: its tensors, reshape(-1), in manifest order
                 flats = [torch.cat([sd[manifest[i][0]].reshape(-1) for i in bucket]) for bucket in buckets]
                 conn.send(("ok", {"buckets": len(buckets)}))
             elif cmd == "broadcast":
@@ -164,11 +165,13 @@ def _serve(conn) -> None:
                 conn.send(("ok", None))
             elif cmd == "learner_broadcast":
                 conn.send(("ok", learner.broadcast()))
-        except BaseException:  # noqa: BLE001 — report everything to the test process
+        except BaseException:  # noqa: BLE001 — report everything to the calling process
             conn.send(("error", traceback.format_exc()))
 
 
 class WeightSender:
+    """Handle on a spawned stand-in for learner rank 0 (see the module docstring)."""
+
     def __init__(self):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
