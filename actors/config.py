@@ -18,6 +18,7 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = -1
     max_new_tokens: int = 64
+    min_new_tokens: int = 0  # EOS is suppressed until this many tokens (= max_new_tokens: fixed-length benchmarks)
     stop: list[str] = field(default_factory=list)
 
 

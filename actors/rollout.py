@@ -32,7 +32,7 @@ from actors.types import Group, Sample
 _FINISH_REASONS = {"stop": "stop", "length": "length"}
 
 # Per-call / per-prompt sampling overrides: SamplingConfig's fields, plus these SamplingParams fields.
-_EXTRA_SAMPLING_KEYS = ("ignore_eos", "min_tokens", "stop_token_ids", "seed")
+_EXTRA_SAMPLING_KEYS = ("ignore_eos", "stop_token_ids", "seed")
 
 
 class RolloutWorker:
@@ -186,6 +186,7 @@ class RolloutWorker:
             top_p=knobs["top_p"],
             top_k=knobs["top_k"],
             max_tokens=knobs["max_new_tokens"],
+            min_tokens=knobs["min_new_tokens"],
             stop=list(knobs["stop"]) or None,
             include_stop_str_in_output=True,  # response text == decode(response_ids), which the learner trains on
             logprobs=0,  # the sampled token's logprob only

@@ -62,8 +62,9 @@ def train(cfg: RunConfig) -> Path:
             timing: dict[str, float] = {}
             t = time.perf_counter()
             groups = collect_groups(run, buffer, state, timing)
-            batch = groups_to_batch(groups, cfg.algorithm)
             t = mark(timing, "generate", t)
+            batch = groups_to_batch(groups, cfg.algorithm)
+            t = mark(timing, "batch", t)
             learn = run.learner.train_step(batch)
             t = mark(timing, "learn", t)
             state.version += 1

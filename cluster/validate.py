@@ -164,6 +164,15 @@ def positive_sizes(cfg: RunConfig) -> Optional[str]:
 
 
 @check
+def min_new_tokens_in_range(cfg: RunConfig) -> Optional[str]:
+    s = cfg.rollout.sampling
+    if not 0 <= s.min_new_tokens <= s.max_new_tokens:
+        return (f"rollout.sampling.min_new_tokens={s.min_new_tokens} must be between 0 and "
+                f"rollout.sampling.max_new_tokens={s.max_new_tokens}")
+    return None
+
+
+@check
 def sequence_fits_engine(cfg: RunConfig) -> Optional[str]:
     need = cfg.data.max_prompt_tokens + cfg.rollout.sampling.max_new_tokens
     if need > cfg.rollout.max_model_len:
