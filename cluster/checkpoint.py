@@ -48,14 +48,18 @@ class Checkpointer:
         self.root = run_dir / "checkpoints"
         self.keep_last = max(1, keep_last)
 
-    def save(self, step: int, trainer_state: dict[str, Any], save_learner: Callable[[str], None]) -> Path:
-        """`save_learner(dir)` writes the learner's state into dir (collective across learner ranks)."""
+    def save(self, step: int, trainer_state: dict[str, Any], save_learner: Callable[[str], None],
+             extra: Optional[dict[str, bytes]] = None) -> Path:
+        """`save_learner(dir)` writes the learner's state into dir (collective across learner ranks);
+        `extra` files (name -> bytes) are written beside it, inside the same atomic rename."""
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"step_{step:06d}"
         final, tmp = self.root / name, self.root / f"{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         save_learner(str(tmp / "learner"))
+        for name_, blob in (extra or {}).items():
+            (tmp / name_).write_bytes(blob)
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, default=_json_default))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

@@ -58,13 +58,20 @@ class RolloutPool:
     # ---- generation -----------------------------------------------------------------------------
     def generate(self, prompts: list[dict[str, Any]], n: int, sampling: Optional[dict[str, Any]] = None,
                  timeout_s: float = 3600.0) -> Iterator[Group]:
-        """Scored groups of `prompts` (n completions each), yielded as they finish."""
+        """Scored groups of `prompts` (n completions each), yielded as they finish.
+
+        The requests go to the workers NOW (a worker serves calls in the order they arrive, so a
+        weight push sent after this call reaches it after this generation); iterating the result
+        waits for the groups and sends each to a scorer as it arrives."""
         workers = self.workers.actors
         chunks = [prompts[i::len(workers)] for i in range(len(workers))]
         gens = {
             w.generate_stream.options(num_returns="streaming").remote(chunk, n, sampling): f"rollout[{i}]"
             for i, (w, chunk) in enumerate(zip(workers, chunks)) if chunk
         }
+        return self._scored(gens, timeout_s)
+
+    def _scored(self, gens: dict, timeout_s: float) -> Iterator[Group]:
         scoring: dict[ray.ObjectRef, str] = {}
         deadline = time.monotonic() + timeout_s
         while gens or scoring:

@@ -1,10 +1,12 @@
-"""The driver: `relayrl train` builds the topology and runs the synchronous step loop.
+"""The driver: `relayrl train` builds the topology and runs the step loop, sync or async.
 
     prompts -> grouped rollouts (vLLM) -> rewards -> buffer/filters -> learner update (DeepSpeed)
             -> weight broadcast -> periodic evaluation -> periodic checkpoint
 
-`train()` reads top to bottom; each phase is one call into cluster/ helpers, and the step's time
-breakdown (generate, learn, sync, eval, checkpoint) is measured and logged.
+One loop for both modes: the only difference is where a step's groups come from (RolloutFeed:
+generated when the step asks, or issued up to buffer.max_staleness steps ahead so that generation
+overlaps learning). `train()` reads top to bottom; each phase is one call into cluster/ helpers, and
+the step's time breakdown (generate, batch, learn, sync, eval, checkpoint) is measured and logged.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import numpy as np
 import torch
 
 from actors.buffer import GroupBuffer
-from actors.types import Group
 from cluster.batching import groups_to_batch, sft_batch, sft_examples
 from cluster.checkpoint import Checkpointer, rng_state, set_rng_state
 from cluster.config import RunConfig
 from cluster.evaluation import evaluate, rollout_stats
 from cluster.metrics import MetricsLogger
 from cluster.plot import plot_run
+from cluster.rollout_feed import RolloutFeed
 from cluster.run_setup import Run, start_run
+
+
+FEED_FILE = "rollout_feed.pkl"  # in a checkpoint: the batches issued but not yet trained (async)
 
 
 @dataclasses.dataclass
@@ -45,50 +50,61 @@ def train(cfg: RunConfig) -> Path:
                            cfg.logging.progress, cfg.logging.name,
                            resume_step=None if resume_from is None else Checkpointer.load_state(resume_from)["step"])
     buffer = GroupBuffer(cfg.buffer, cfg.rollout.sampling.max_new_tokens)
+    # async: the next steps' generation overlaps this step's learning, never more than max_staleness ahead
+    feed = RolloutFeed(run, buffer, depth=cfg.buffer.max_staleness if cfg.trainer.mode == "async" else 0)
     state = LoopState()
     for note in run.notes:
         logger.print(note)
     logger.print(f"started in {run.startup_seconds:.1f}s: {describe(run)}")
     try:
         if cfg.checkpoint.resume:
-            state = resume(run, ckpt, logger)
+            state = resume(run, ckpt, logger, feed)
         else:
             seed_everything(cfg.trainer.seed)
             warm_start(run, logger)
             run.sync.push(state.version)
             log_eval(run, logger, state.step, "before RL")
-        for step in range(state.step + 1, cfg.trainer.total_steps + 1):
+        last = cfg.trainer.total_steps
+        for step in range(state.step + 1, last + 1):
             state.step = step
             timing: dict[str, float] = {}
             t = time.perf_counter()
-            groups = collect_groups(run, buffer, state, timing)
+            groups, staleness = feed.take(step, state.version, timing)  # generated now, or issued steps ago
             t = mark(timing, "generate", t)
+            feed.start_ahead(step, last)  # async: the next steps' prompts go out to the current weights
             batch = groups_to_batch(groups, cfg.algorithm)
             t = mark(timing, "batch", t)
             learn = run.learner.train_step(batch)
             t = mark(timing, "learn", t)
             state.version += 1
-            sync = run.sync.push(state.version)
-            if cfg.weight_sync.verify_every and step % cfg.weight_sync.verify_every == 0:
+            sync = run.sync.push(state.version)  # a worker mid-generation loads it when that call ends
+            if every(cfg.weight_sync.verify_every, step):
                 sync.update(run.sync.verify(*run.probe))
             t = mark(timing, "sync", t)
             metrics = {**rollout_stats(groups, run.eval_component, run.eval_threshold), **learn, **sync,
-                       **buffer.metrics(), "version": state.version}
-            if cfg.logging.dump_samples_every and step % cfg.logging.dump_samples_every == 0:
+                       **staleness, **buffer.metrics(), "version": state.version,
+                       "prompt_ids": [g.prompt_id for g in groups]}  # the exactly-once ledger, in metrics.jsonl
+            if every(cfg.logging.dump_samples_every, step):
                 logger.dump_samples(step, groups)
-            if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.total_steps:
+            if every(cfg.trainer.eval_every, step) and step < last:
                 log_eval(run, logger, step, f"step {step}")
             t = mark(timing, "eval", t)
-            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-                save(run, ckpt, state)
+            if every(cfg.checkpoint.every, step):
+                save(run, ckpt, state, feed)
             mark(timing, "checkpoint", t)
             log_step(logger, step, metrics, timing)
         log_eval(run, logger, cfg.trainer.total_steps, "after RL")
-        finish(run, ckpt, state, logger)
+        finish(run, ckpt, state, feed, logger)
     finally:
+        feed.close()
         logger.close()
         run.shutdown()
     return run.dir
+
+
+def every(period: int, step: int) -> bool:
+    """Cadence of the loop's periodic work; period 0 = never."""
+    return bool(period) and step % period == 0
 
 
 def describe(run: Run) -> str:
@@ -96,37 +112,6 @@ def describe(run: Run) -> str:
     return (f"{len(run.learner)} learner rank(s) (ZeRO-{cfg.learner.zero_stage}, {cfg.learner.dtype}), "
             f"{len(run.rollout.workers)} rollout worker(s) ({cfg.rollout.dtype}), "
             f"{len(run.rollout.scorers)} reward scorer(s); run directory {run.dir}")
-
-
-def collect_groups(run: Run, buffer: GroupBuffer, state: LoopState, timing: dict[str, float]) -> list[Group]:
-    """B valid groups for this step: generate, score and filter; with DAPO dynamic sampling, ask for
-    more prompts (only as many as are missing) for at most buffer.max_extra_rounds extra rounds."""
-    cfg = run.cfg
-    need = cfg.trainer.prompts_per_step
-    issued: dict[str, int] = {}
-    for round_ in range(1 + (cfg.buffer.max_extra_rounds if cfg.buffer.dynamic_sampling else 0)):
-        missing = need - buffer.ready()
-        if missing <= 0:
-            break
-        prompts = with_seeds(run.stream.take(missing), cfg.rollout.seed, state.step, round_)
-        issued.update((p["prompt_id"], len(issued) + i) for i, p in enumerate(prompts))
-        for group in run.rollout.generate(prompts, cfg.rollout.n):
-            buffer.add(group, state.version)
-        timing["rounds"] = round_ + 1
-    groups = buffer.take(need)
-    if len(groups) < need:
-        groups += buffer.take_filtered(need - len(groups))
-    buffer.clear_filtered()
-    state.data = run.stream.state()
-    # Groups arrive in completion order, which varies run to run; training in issue order makes a
-    # step's batch (and so its float sums) a function of the data position alone: resumable exactly.
-    return sorted(groups, key=lambda g: issued.get(g.prompt_id, len(issued)))
-
-
-def with_seeds(prompts: list[dict[str, Any]], seed: int, step: int, round_: int) -> list[dict[str, Any]]:
-    """Per-request sampling seeds derived from (seed, step, round, position): a resumed run samples
-    exactly what the uninterrupted run would have, whichever worker gets the prompt."""
-    return [{**p, "seed": (seed * 1_000_003 + step * 1_009 + round_ * 101 + i) % (2**31)} for i, p in enumerate(prompts)]
 
 
 def warm_start(run: Run, logger: MetricsLogger) -> None:
@@ -163,6 +148,10 @@ def log_step(logger: MetricsLogger, step: int, metrics: dict[str, Any], timing: 
     total = sum(v for k, v in timing.items() if k != "rounds")
     metrics.update({f"timing/{k}": v for k, v in timing.items()})
     metrics["timing/step"] = total
+    # who waited for whom: the share of the step each side was not computing
+    metrics["timing/learner_idle_fraction"] = max(0.0, 1.0 - metrics.get("learner/step_seconds", 0.0) / total)
+    metrics["timing/rollout_idle_fraction"] = max(0.0, 1.0 - metrics.get("rollout/engine_seconds", 0.0) / total)
+    metrics["throughput/samples_per_s"] = metrics.get("rollout/samples", 0.0) / total
     metrics["throughput/gen_tokens_per_s"] = metrics.get("rollout/response_tokens", 0.0) / max(timing["generate"], 1e-9)
     logger.log(step, metrics)
     line = (f"step {step:>4} | reward {metrics['reward/mean']:+.3f} | acc {100 * metrics['reward/accuracy']:5.1f}% | "
@@ -184,9 +173,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save(run: Run, ckpt: Checkpointer, state: LoopState) -> Path:
+def save(run: Run, ckpt: Checkpointer, state: LoopState, feed: RolloutFeed) -> Path:
+    """Learner, loop state, RNG and data position, plus (async) every issued-but-untrained batch."""
+    pending = feed.state()  # waits for batches still generating: their prompts already left the stream
+    state.data = run.stream.state()
     trainer_state = {**dataclasses.asdict(state), "rng": rng_state()}
-    return ckpt.save(state.step, trainer_state, run.learner.save_checkpoint)
+    return ckpt.save(state.step, trainer_state, run.learner.save_checkpoint, extra={FEED_FILE: pending})
 
 
 def resume_point(cfg: RunConfig) -> Path | None:
@@ -199,13 +191,15 @@ def resume_point(cfg: RunConfig) -> Path | None:
     return path
 
 
-def resume(run: Run, ckpt: Checkpointer, logger: MetricsLogger) -> LoopState:
+def resume(run: Run, ckpt: Checkpointer, logger: MetricsLogger, feed: RolloutFeed) -> LoopState:
     path = resume_point(run.cfg)
     saved = Checkpointer.load_state(path)
     run.learner.load_checkpoint(str(path / "learner"))
     set_rng_state(saved.pop("rng"))
     state = LoopState(**saved)
     run.stream.load_state(state.data)
+    pending = path / FEED_FILE
+    feed.load_state(pending.read_bytes() if pending.exists() else None)
     run.sync.push(state.version)
     logger.print(f"resumed from {path} at step {state.step} (policy version {state.version}, data {state.data})")
     if logger.rewind is not None and logger.rewind.dropped:
@@ -213,8 +207,8 @@ def resume(run: Run, ckpt: Checkpointer, logger: MetricsLogger) -> LoopState:
     return state
 
 
-def finish(run: Run, ckpt: Checkpointer, state: LoopState, logger: MetricsLogger) -> None:
-    save(run, ckpt, state)
+def finish(run: Run, ckpt: Checkpointer, state: LoopState, feed: RolloutFeed, logger: MetricsLogger) -> None:
+    save(run, ckpt, state, feed)
     if run.cfg.checkpoint.export_hf:
         out = run.dir / "final_model"
         run.learner.export_hf(str(out), run.model_path)

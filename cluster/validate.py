@@ -85,6 +85,8 @@ def async_needs_off_policy_correction(cfg: RunConfig) -> Optional[str]:
     if cfg.trainer.mode == "async" and cfg.algorithm.off_policy.name == "none":
         return ("trainer.mode=async trains on samples from older weights: set algorithm.off_policy.name to "
                 "tis, seq_mask or icepop (truncated importance sampling against the sampler's logprobs)")
+    if cfg.trainer.mode == "async" and cfg.buffer.max_staleness < 0:
+        return f"buffer.max_staleness={cfg.buffer.max_staleness} must be >= 0 (0 makes async mode run exactly like sync)"
     return None
 
 
@@ -95,14 +97,6 @@ def sampler_logprobs_comparable(cfg: RunConfig) -> Optional[str]:
         return (f"algorithm.off_policy={cfg.algorithm.off_policy.name} weighs by the sampler's logprobs, which are of "
                 f"the top-p/top-k truncated distribution the learner does not reproduce: set rollout.sampling.top_p=1.0 "
                 f"and top_k=-1, or off_policy.name=none")
-    return None
-
-
-@check
-def async_mode_available(cfg: RunConfig) -> Optional[str]:
-    if cfg.trainer.mode == "async":
-        return ("trainer.mode=async (generation overlapping learning) is not in this version yet: use "
-                "trainer.mode=sync; the buffer's staleness bound and the off-policy corrections it needs are in place")
     return None
 
 

@@ -67,6 +67,9 @@ class LearnerConfig:
     offload_optimizer: bool = False
     offload_params: bool = False
     threads_per_rank: int = 0  # torch threads per rank; 0 = cores / ranks
+    # CPU: rank r is pinned to the r-th block of threads_per_rank cores of this list (wrapping); [] = not
+    # pinned. With rollout.cpu_cores it gives each role its own cores (the CPU stand-in for separate GPUs).
+    cpu_cores: list[int] = field(default_factory=list)
     cpus_per_rank: float = 1.0  # Ray resources
     gpus_per_rank: float = 0.0
     seed: int = 0

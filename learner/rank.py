@@ -64,6 +64,9 @@ class LearnerRank:
             "DS_ACCELERATOR": "cuda" if device == "cuda" else "cpu",
         })
         threads = cfg.threads_per_rank or max(1, (os.cpu_count() or 1) // max(1, local_size or world_size))
+        if cfg.cpu_cores and device == "cpu":
+            start = (rank * threads) % len(cfg.cpu_cores)
+            os.sched_setaffinity(0, {cfg.cpu_cores[(start + j) % len(cfg.cpu_cores)] for j in range(threads)})
         torch.set_num_threads(threads)
         torch.manual_seed(cfg.seed)
 

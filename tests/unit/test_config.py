@@ -78,11 +78,11 @@ def test_all_failures_reported_at_once():
     assert "[group_size_for_group_estimator]" in str(e.value) and "[async_needs_off_policy_correction]" in str(e.value)
 
 
-def test_async_with_correction_passes_its_check_but_async_is_not_available_yet():
-    with pytest.raises(ConfigError) as e:
-        validate(good(**{"trainer.mode": "async", "algorithm.off_policy.name": "tis"}))
-    assert "[async_needs_off_policy_correction]" not in str(e.value)
-    assert "[async_mode_available]" in str(e.value)
+def test_async_with_correction_validates():
+    cfg = validate(good(**{"trainer.mode": "async", "algorithm.off_policy.name": "tis"}))
+    assert cfg.trainer.mode == "async"
+    with pytest.raises(ConfigError, match="max_staleness"):
+        validate(good(**{"trainer.mode": "async", "algorithm.off_policy.name": "tis", "buffer.max_staleness": -1}))
 
 
 def test_every_check_can_fire():

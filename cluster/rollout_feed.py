@@ -1,0 +1,120 @@
+"""Where each step's groups come from: generated when the step asks (sync), or started ahead (async).
+
+sync   The step takes B prompts, the rollout workers generate and score them, the buffer filters
+       them (DAPO dynamic sampling may ask for more, bounded) and the step trains on B groups.
+async  Before the learner trains on step k, the driver already issues step k+1's prompts (up to
+       `depth` = buffer.max_staleness steps ahead) to the rollout workers, which generate with the
+       weights they hold while the learner trains; a background thread scores the groups as they
+       finish. New weights reach a worker after its current generation call ends (it finishes its
+       requests first), so every sample was produced by exactly one policy version, stamped on it.
+       A sample is never trained more than `depth` versions behind the learner: the driver never
+       issues further ahead, and the buffer refuses (and counts) anything staler.
+       depth 0 issues nothing ahead: async then IS sync, sample for sample.
+
+Exactly once: prompts leave the PromptStream when issued; a checkpoint stores the stream position
+together with every issued-but-untrained batch (its groups, with tokens, logprobs and versions,
+once they are finished), and a resumed run trains those before issuing new prompts.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import pickle
+from typing import TYPE_CHECKING, Any, Optional
+
+from actors.buffer import GroupBuffer
+from actors.types import Group
+
+if TYPE_CHECKING:
+    from cluster.run_setup import Run
+
+
+@dataclasses.dataclass
+class Issued:
+    """One step's round-0 prompts, sent to the rollout workers; `future` yields their scored groups."""
+
+    step: int
+    prompts: list[dict[str, Any]]
+    future: concurrent.futures.Future
+
+
+def with_seeds(prompts: list[dict[str, Any]], seed: int, step: int, round_: int) -> list[dict[str, Any]]:
+    """Per-request sampling seeds derived from (seed, step, round, position): a resumed run samples
+    exactly what the uninterrupted run would have, whichever worker gets the prompt."""
+    return [{**p, "seed": (seed * 1_000_003 + step * 1_009 + round_ * 101 + i) % (2**31)} for i, p in enumerate(prompts)]
+
+
+class RolloutFeed:
+    def __init__(self, run: "Run", buffer: GroupBuffer, depth: int):
+        self.run, self.buffer, self.depth = run, buffer, depth
+        self._ahead: collections.deque[Issued] = collections.deque()
+        self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, depth), thread_name_prefix="rollout")
+
+    # ---- issuing -----------------------------------------------------------------------------------
+    def _issue(self, step: int, round_: int, count: int) -> Issued:
+        cfg = self.run.cfg
+        prompts = with_seeds(self.run.stream.take(count), cfg.rollout.seed, step, round_)
+        groups = self.run.rollout.generate(prompts, cfg.rollout.n)  # sent to the workers now, in order
+        # scored as they finish, in the background while the learner trains
+        return Issued(step, prompts, self._threads.submit(list, groups))
+
+    def start_ahead(self, step: int, last_step: int) -> None:
+        """Async: issue the prompts of steps step+1 .. step+depth (not past last_step) that are not out yet."""
+        nxt = self._ahead[-1].step + 1 if self._ahead else step + 1
+        while len(self._ahead) < self.depth and nxt <= last_step:
+            self._ahead.append(self._issue(nxt, 0, self.run.cfg.trainer.prompts_per_step))
+            nxt += 1
+
+    # ---- taking --------------------------------------------------------------------------------------
+    def take(self, step: int, version: int, timing: dict[str, float]) -> tuple[list[Group], dict[str, float]]:
+        """This step's B groups (in issue order) and their staleness metrics. `version` is the policy
+        version the learner will train them with."""
+        cfg = self.run.cfg
+        need = cfg.trainer.prompts_per_step
+        issued: dict[str, int] = {}
+        rounds = 1 + (cfg.buffer.max_extra_rounds if cfg.buffer.dynamic_sampling else 0)
+        for round_ in range(rounds):
+            missing = need - self.buffer.ready()
+            if missing <= 0:
+                break
+            if round_ == 0 and self._ahead and self._ahead[0].step == step:
+                batch = self._ahead.popleft()  # issued a step (or more) ago
+            else:
+                batch = self._issue(step, round_, missing)
+            issued.update((p["prompt_id"], len(issued) + i) for i, p in enumerate(batch.prompts))
+            for group in batch.future.result():
+                self.buffer.add(group, version)
+            timing["rounds"] = round_ + 1
+        groups = self.buffer.take(need)
+        if len(groups) < need:
+            groups += self.buffer.take_filtered(need - len(groups))
+        self.buffer.clear_filtered()
+        # Groups arrive in completion order, which varies run to run; training in issue order makes a
+        # step's batch (and so its float sums) a function of the data position alone: resumable exactly.
+        groups.sort(key=lambda g: issued.get(g.prompt_id, len(issued)))
+        return groups, staleness_metrics(groups, version)
+
+    # ---- checkpoints ---------------------------------------------------------------------------------
+    def state(self) -> bytes:
+        """The issued-but-untrained batches (waits for them to finish), pickled for a checkpoint."""
+        return pickle.dumps([(b.step, b.prompts, b.future.result()) for b in self._ahead])
+
+    def load_state(self, blob: Optional[bytes]) -> None:
+        for step, prompts, groups in pickle.loads(blob) if blob else []:
+            done: concurrent.futures.Future = concurrent.futures.Future()
+            done.set_result(groups)
+            self._ahead.append(Issued(step, prompts, done))
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+def staleness_metrics(groups: list[Group], version: int) -> dict[str, float]:
+    """Per trained sample: how many versions the learner is ahead of the weights that sampled it."""
+    lags = [version - s.policy_version for g in groups for s in g.trained_samples()]
+    out = {"staleness/mean": sum(lags) / max(1, len(lags)), "staleness/max": float(max(lags, default=0))}
+    for lag, n in sorted(collections.Counter(lags).items()):
+        out[f"staleness/samples_lag_{lag}"] = float(n)
+    return out

@@ -1,0 +1,114 @@
+"""The async feed without Ray: what is issued when, staleness, and exactly-once across a checkpoint."""
+
+import types
+
+import pytest
+
+from actors.buffer import GroupBuffer
+from actors.types import Group, Sample
+from cluster.config import load_config
+from cluster.data import PromptStream
+from cluster.rollout_feed import RolloutFeed, staleness_metrics
+
+pytestmark = pytest.mark.unit
+
+
+class FakeRollout:
+    """Stands in for RolloutPool.generate: groups stamped with the version the 'workers' hold."""
+
+    def __init__(self):
+        self.version = 0
+        self.calls: list[list[str]] = []
+
+    def generate(self, prompts, n):  # like a worker, stamps the version it holds when the call arrives
+        self.calls.append([p["prompt_id"] for p in prompts])
+        return iter([Group(p["prompt_id"], [Sample(p["prompt_id"], "q", [1], "a", [2], [-0.1], "stop", self.version,
+                                                   reward=float(i % 2)) for i in range(n)]) for p in prompts])
+
+
+def make_run(**over):
+    cfg = load_config(None, [f"{k}={v}" for k, v in {"trainer.prompts_per_step": 4, "rollout.n": 2, **over}.items()])
+    prompts = [{"prompt_id": f"p{i}", "prompt": str(i)} for i in range(40)]
+    return types.SimpleNamespace(cfg=cfg, stream=PromptStream(prompts, 0, shuffle=False), rollout=FakeRollout())
+
+
+def feed_of(run, depth):
+    return RolloutFeed(run, GroupBuffer(run.cfg.buffer, 8), depth)
+
+
+def test_depth_zero_issues_only_when_the_step_asks():
+    run = make_run()
+    feed = feed_of(run, 0)
+    feed.start_ahead(1, last_step=10)
+    assert run.rollout.calls == []
+    groups, stale = feed.take(1, version=0, timing={})
+    assert [g.prompt_id for g in groups] == ["p0", "p1", "p2", "p3"] and stale["staleness/max"] == 0
+    feed.close()
+
+
+def test_depth_one_issues_the_next_step_with_the_weights_the_workers_hold():
+    run = make_run()
+    feed = feed_of(run, 1)
+    g1, _ = feed.take(1, version=0, timing={})
+    feed.start_ahead(1, last_step=3)  # step 2 goes out now, to version-0 workers
+    feed.start_ahead(1, last_step=3)  # idempotent: never more than depth ahead
+    assert run.rollout.calls == [["p0", "p1", "p2", "p3"], ["p4", "p5", "p6", "p7"]]
+    run.rollout.version = 1  # the weight push after step 1
+    g2, stale = feed.take(2, version=1, timing={})
+    assert [g.prompt_id for g in g2] == ["p4", "p5", "p6", "p7"]
+    assert stale == {"staleness/mean": 1.0, "staleness/max": 1.0, "staleness/samples_lag_1": 8.0}
+    feed.start_ahead(2, last_step=2)  # never past the last step
+    assert len(run.rollout.calls) == 2
+    feed.close()
+
+
+def test_a_sample_staler_than_the_bound_is_refused_and_counted():
+    run = make_run(**{"buffer.max_staleness": 1, "buffer.max_extra_rounds": 0})
+    buffer = GroupBuffer(run.cfg.buffer, 8)
+    feed = RolloutFeed(run, buffer, 1)
+    feed.start_ahead(0, last_step=5)  # step 1 issued to version-0 workers
+    groups, _ = feed.take(1, version=2, timing={})  # the learner is 2 versions ahead: all too stale
+    assert groups == []
+    assert buffer.counts["dropped_groups/stale"] == 4 and buffer.counts["dropped_samples/stale"] == 8
+    feed.close()
+
+
+def test_checkpoint_keeps_issued_batches_so_every_prompt_trains_once():
+    # uninterrupted: steps 1..4 (the fake's versions stay 0: staleness is not what this test is about)
+    run = make_run(**{"buffer.max_staleness": 9})
+    feed = feed_of(run, 1)
+    trained = []
+    for step in range(1, 5):
+        groups, _ = feed.take(step, version=step - 1, timing={})
+        feed.start_ahead(step, last_step=4)
+        trained += [g.prompt_id for g in groups]
+    # interrupted after step 2's checkpoint (batch 3 was already issued), then resumed in a new feed
+    run_a = make_run(**{"buffer.max_staleness": 9})
+    feed_a = feed_of(run_a, 1)
+    first = []
+    for step in (1, 2):
+        groups, _ = feed_a.take(step, version=step - 1, timing={})
+        feed_a.start_ahead(step, last_step=4)
+        first += [g.prompt_id for g in groups]
+    blob, position = feed_a.state(), run_a.stream.state()
+    feed_a.close()
+    run_b = make_run(**{"buffer.max_staleness": 9})
+    run_b.stream.load_state(position)
+    feed_b = feed_of(run_b, 1)
+    feed_b.load_state(blob)
+    second = []
+    for step in (3, 4):
+        groups, _ = feed_b.take(step, version=step - 1, timing={})
+        feed_b.start_ahead(step, last_step=4)
+        second += [g.prompt_id for g in groups]
+    assert first + second == trained == [f"p{i}" for i in range(16)]
+    assert run_b.rollout.calls == [["p12", "p13", "p14", "p15"]]  # batch 3 came from the checkpoint
+    feed_b.close()
+
+
+def test_staleness_metrics_counts_trained_samples_only():
+    s = lambda v: Sample("a", "q", [1], "a", [2], [-0.1], "stop", v)  # noqa: E731
+    g = Group("a", [s(3), s(2), s(1)], kept=[0, 2])
+    m = staleness_metrics([g], version=3)
+    assert m == {"staleness/mean": 1.0, "staleness/max": 2.0, "staleness/samples_lag_0": 1.0,
+                 "staleness/samples_lag_2": 1.0}
