@@ -72,7 +72,8 @@ def test_sigkilled_async_run_resumes_training_every_prompt_once(tmp_path):
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # kill once step 3 is logged: mid-step 4, batch 5 in flight
             time.sleep(0.2)
-            if any(r["kind"] == "train" and r["step"] >= 3 for r in read_metrics(run_dir)):
+            if (run_dir / "metrics.jsonl").exists() and any(
+                    r["kind"] == "train" and r["step"] >= 3 for r in read_metrics(run_dir)):
                 break
         else:
             pytest.fail("the first run never reached step 3")

@@ -1,0 +1,201 @@
+"""ONE command for every benchmark: relayrl vs TRL's GRPOTrainer vs the machine's own limit.
+
+    .venv/bin/pip install -e ".[parity]"     # TRL (benchmark-only extra, never a runtime dependency)
+    .venv/bin/python scripts/bench/run.py [--workloads tiny,gen_heavy] [--reps 3]
+
+For each workload (scripts/bench/workloads.py) and each repetition, the three sides run one after
+another in fresh processes, in an order that alternates between repetitions (relayrl, TRL, bare, then
+bare, TRL, relayrl, ...), so a slow minute of the machine does not favour one side. Every figure is
+the median over repetitions of each run's own median step, with min-max over repetitions; ratios
+are taken within a repetition, then their median reported. Writes scripts/results/bench.json and
+BENCHMARKS.md (machine description first: figures from different machines are never compared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from machine import describe, one_line
+from workloads import ROOT, WORKLOADS
+
+
+
+def run_side(side: str, workload: str) -> dict:
+    out = ROOT / "scripts/results" / f".bench-{side}-{workload}.tmp"
+    cmd = [sys.executable, str(Path(__file__).with_name("sides.py")), side, workload, str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side} on {workload} failed:\n{proc.stderr[-4000:]}")
+    result = json.loads(out.read_text())
+    out.unlink()
+    result["process_s"] = time.perf_counter() - t0
+    return result
+
+
+def have_trl() -> bool:
+    try:
+        import trl  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarize(reps: list[dict]) -> dict:
+    """reps: [{side: result}] -> medians, spreads and within-repetition ratios."""
+    r = lambda side, key: [rep[side][key] for rep in reps if side in rep]  # noqa: E731
+    out: dict = {"relayrl_step_s": spread(r("relayrl", "step_s")),
+                 "relayrl_samples_per_s": spread(r("relayrl", "samples_per_s")),
+                 "relayrl_tokens_per_s": spread(r("relayrl", "tokens_per_s")),
+                 "startup_to_first_step_s": spread(r("relayrl", "startup_to_first_step_s")),
+                 "ideal_step_s": spread(r("bare", "ideal_step_s")),
+                 "bare_vllm_generate_s": spread(r("bare", "vllm_generate_s")),
+                 "bare_train_s": spread(r("bare", "train_s")),
+                 "hf_generate_s": spread(r("bare", "hf_generate_s")),
+                 "ceiling": spread(r("bare", "ceiling")),
+                 "overhead_s": spread([rep["relayrl"]["step_s"] - rep["bare"]["ideal_step_s"] for rep in reps]),
+                 "relayrl_over_ideal": spread([rep["relayrl"]["step_s"] / rep["bare"]["ideal_step_s"] for rep in reps])}
+    phases = [rep["relayrl"]["phases"] for rep in reps]
+    inside = [rep["relayrl"]["inside"] for rep in reps]
+    out["relayrl_phases_s"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+    out["relayrl_inside_s"] = {k: statistics.median(p[k] for p in inside) for k in inside[0]}
+    if all("trl" in rep for rep in reps):
+        out["trl_step_s"] = spread(r("trl", "step_s"))
+        out["trl_samples_per_s"] = spread(r("trl", "samples_per_s"))
+        speedups = [rep["trl"]["step_s"] / rep["relayrl"]["step_s"] for rep in reps]
+        out["speedup_vs_trl"] = spread(speedups)
+        out["share_of_ceiling"] = spread([s / rep["bare"]["ceiling"] for s, rep in zip(speedups, reps)])
+    return out
+
+
+def summarize_async(reps: list[dict]) -> dict:
+    """Sync vs async in the same placement: the async step against the sync run's phases."""
+    gen = [rep["relayrl"]["phases"]["generate"] for rep in reps]
+    learn = [rep["relayrl"]["phases"]["learn"] for rep in reps]
+    sync_step = [rep["relayrl"]["step_s"] for rep in reps]
+    async_step = [rep["relayrl_async"]["step_s"] for rep in reps]
+    return {"sync_step_s": spread(sync_step), "async_step_s": spread(async_step),
+            "sync_generate_s": spread(gen), "sync_learn_s": spread(learn),
+            "bound_sum_over_max": spread([(g + l) / max(g, l) for g, l in zip(gen, learn)]),
+            "async_over_max_phase": spread([a / max(g, l) for a, g, l in zip(async_step, gen, learn)]),
+            "samples_per_s_ratio": spread([s / a for s, a in zip(sync_step, async_step)]),
+            "async_phases_s": {k: statistics.median(rep["relayrl_async"]["phases"][k] for rep in reps)
+                               for k in reps[0]["relayrl_async"]["phases"]}}
+
+
+def report_async(name: str, res: dict) -> list[str]:
+    w, s = WORKLOADS[name], res["summary"]
+    p = s["async_phases_s"]
+    return [f"## {name}: sync vs async, rollout worker pinned to core 0 and learner rank to core 1; {w.prompts} "
+            f"prompts × {w.group} samples, {w.new_tokens} forced new tokens, {res['params']:,}-parameter Qwen3, "
+            f"{res['dtype']}", "",
+            "| mode | s / step | samples / s |", "|---|---:|---:|",
+            f"| sync | {fmt(s['sync_step_s'])} | {w.prompts * w.group / s['sync_step_s']['median']:.1f} |",
+            f"| async (`trainer.mode=async`, `buffer.max_staleness=1`, TIS) | {fmt(s['async_step_s'])} | "
+            f"{w.prompts * w.group / s['async_step_s']['median']:.1f} |", "",
+            f"- sync phases: generate {fmt(s['sync_generate_s'])}, learn {fmt(s['sync_learn_s'])}; the bound an "
+            f"overlap can reach, sum / max of the two: {fmt(s['bound_sum_over_max'], '×', 2)}",
+            f"- async step / max(sync generate, sync learn): {fmt(s['async_over_max_phase'], '×', 2)}; async "
+            f"samples/s ÷ sync samples/s: {fmt(s['samples_per_s_ratio'], '×', 2)}",
+            f"- async step by phase (medians, s): waiting for the batch {p['generate']:.2f}, learn {p['learn']:.2f}, "
+            f"weight push (waits for the worker's current generation) {p['sync']:.2f}", ""]
+
+
+def fmt(s: dict, unit: str = "s", digits: int = 3) -> str:
+    return f"{s['median']:.{digits}f}{unit} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+
+
+def report(machine: dict, results: dict, reps: int) -> str:
+    lines = ["# Benchmarks", "",
+             f"Made by `.venv/bin/python scripts/bench/run.py` ({time.strftime('%Y-%m-%d')}); JSON: "
+             "`scripts/results/bench.json`. Each figure: median over "
+             f"{reps} repetitions of each run's median step (min–max over repetitions); ratios taken within a "
+             "repetition, sides alternated.", "", f"**Machine:** {one_line(machine)}", ""]
+    for name, res in results.items():
+        w = WORKLOADS[name]
+        s = res["summary"]
+        if "relayrl_async" in w.sides:
+            lines += report_async(name, res)
+            continue
+        lines += [f"## {name}: {w.prompts} prompts × {w.group} samples, {w.new_tokens} "
+                  f"{'forced ' if w.fixed_length else 'max '}new tokens, "
+                  f"{res['params']:,}-parameter Qwen3, {res['dtype']}", "",
+                  "| side | s / step | samples / s |", "|---|---:|---:|",
+                  f"| relayrl (`relayrl train`: Ray, vLLM worker, scorer, DeepSpeed, weight broadcast) | "
+                  f"{fmt(s['relayrl_step_s'])} | {s['relayrl_samples_per_s']['median']:.1f} |"]
+        if "trl_step_s" in s:
+            lines.append(f"| TRL `GRPOTrainer` (HF generate) | {fmt(s['trl_step_s'])} | "
+                         f"{s['trl_samples_per_s']['median']:.1f} |")
+        lines += [f"| bare ideal: vLLM `generate` + PyTorch train pass, one process | {fmt(s['ideal_step_s'])} | "
+                  f"{w.prompts * w.group / s['ideal_step_s']['median']:.1f} |", ""]
+        p, i = s["relayrl_phases_s"], s["relayrl_inside_s"]
+        lines += ["relayrl's step, by phase (medians, s): "
+                  f"generate+score {p['generate']:.3f} (engine {i['engine']:.3f}, scoring {i['scoring']:.3f} summed over "
+                  f"groups; bare vLLM {s['bare_vllm_generate_s']['median']:.3f}), batch {p['batch']:.3f}, "
+                  f"learn {p['learn']:.3f} (inside the rank {i['learner_inside']:.3f}; bare PyTorch "
+                  f"{s['bare_train_s']['median']:.3f}), weight sync {p['sync']:.3f}; the rest of the step "
+                  f"(driver bookkeeping, metrics) "
+                  f"{s['relayrl_step_s']['median'] - sum(p[k] for k in ('generate', 'batch', 'learn', 'sync')):.3f}.", "",
+                  f"- overhead above the bare ideal: {fmt(s['overhead_s'])}; relayrl / ideal "
+                  f"{fmt(s['relayrl_over_ideal'], '×', 2)}",
+                  f"- start-up (`relayrl train` to the first step's start): {fmt(s['startup_to_first_step_s'], 's', 1)}"]
+        if "speedup_vs_trl" in s:
+            lines += [f"- relayrl vs TRL (TRL s/step ÷ relayrl s/step): {fmt(s['speedup_vs_trl'], '×', 2)}; sync "
+                      f"ceiling (HF generate + train) / (vLLM generate + train) {fmt(s['ceiling'], '×', 2)}; "
+                      f"relayrl reaches {100 * s['share_of_ceiling']['median']:.0f}% of it "
+                      f"({100 * s['share_of_ceiling']['min']:.0f}–{100 * s['share_of_ceiling']['max']:.0f}%)"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", default="tiny,gen_heavy")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "scripts/results/bench.json"))
+    ap.add_argument("--md", default=str(ROOT / "BENCHMARKS.md"))
+    args = ap.parse_args()
+    trl = have_trl()
+    if not trl:
+        print("TRL not installed (pip install -e '.[parity]'): the TRL side is skipped", file=sys.stderr)
+    machine = describe()
+    results = {}
+    for name in args.workloads.split(","):
+        w = WORKLOADS[name]
+        from cluster.tiny_model import make_tiny_model, num_parameters
+        from workloads import resolved_dtype
+
+        make_tiny_model(w.model_dir, w.spec)
+        reps = []
+        for rep in range(args.reps):
+            order = [s for s in w.sides if s != "trl" or trl]
+            if rep % 2:
+                order.reverse()
+            res = {}
+            for side in order:
+                res[side] = run_side(side, name)
+                print(f"[bench] {name} rep {rep + 1}/{args.reps} {side}: "  # noqa: E501
+                      f"{res[side].get('step_s', res[side].get('ideal_step_s')):.3f} s/step "
+                      f"({res[side]['process_s']:.0f}s)", flush=True)
+            reps.append(res)
+        results[name] = {"params": num_parameters(w.model_dir), "dtype": resolved_dtype(w), "reps": reps,
+                         "summary": summarize_async(reps) if "relayrl_async" in w.sides else summarize(reps)}
+    payload = {"machine": machine, "command": "python scripts/bench/run.py " + " ".join(sys.argv[1:]),
+               "date": time.strftime("%Y-%m-%d %H:%M"), "results": results}
+    Path(args.out).write_text(json.dumps(payload, indent=1))
+    Path(args.md).write_text(report(machine, results, args.reps))
+    print(Path(args.md).read_text())
+
+
+if __name__ == "__main__":
+    main()
