@@ -25,6 +25,7 @@ class SamplingConfig:
 @dataclasses.dataclass
 class RolloutConfig:
     num_workers: int = 1  # vLLM engines, each its own Ray actor
+    max_restarts: int = 3  # rollout workers that die are replaced, their prompts re-issued; more deaths stop the run
     tensor_parallel_size: int = 1  # GPU only
     n: int = 8  # completions per prompt (group size G)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

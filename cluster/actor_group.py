@@ -53,19 +53,38 @@ class ActorGroup:
                 b["CPU"] = 0.01
         self.pg = placement_group(bundles, strategy=spec.strategy, name=f"relayrl-{spec.name}-{uuid.uuid4().hex[:8]}")
         ray.get(self.pg.ready(), timeout=300)
-        remote_cls = ray.remote(cls)
-        self.actors = []
-        env = dict(spec.env)
-        for i in range(spec.num_actors):
-            args, kwargs = args_for(i)
-            opts = dict(
-                num_cpus=bundles[i]["CPU"],
-                num_gpus=spec.gpus_per_actor,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-                runtime_env={"env_vars": env} if env else None,
-                max_concurrency=max_concurrency,
-            )
-            self.actors.append(remote_cls.options(**opts).remote(*args, **kwargs))
+        self._remote_cls, self._bundles, self._args_for = ray.remote(cls), bundles, args_for
+        self._max_concurrency = max_concurrency
+        self.actors = [self._start(i) for i in range(spec.num_actors)]
+        self.failures: list[tuple[float, int, str]] = []  # (time, actor index, error) of every replaced actor
+
+    def _start(self, i: int):
+        args, kwargs = self._args_for(i)
+        env = dict(self.spec.env)
+        opts = dict(
+            num_cpus=self._bundles[i]["CPU"],
+            num_gpus=self.spec.gpus_per_actor,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            runtime_env={"env_vars": env} if env else None,
+            max_concurrency=self._max_concurrency,
+        )
+        return self._remote_cls.options(**opts).remote(*args, **kwargs)
+
+    def replace(self, i: int, error: str, max_failures: int) -> Any:
+        """Actor i died: start a new one in its placement-group bundle (same constructor arguments).
+        More than `max_failures` replacements in this group stop the run with a report of every death."""
+        self.failures.append((time.time(), i, error))
+        if len(self.failures) > max_failures:
+            report = "; ".join(f"{self.spec.name}[{j}] at {time.strftime('%H:%M:%S', time.localtime(t))}: {e}"
+                               for t, j, e in self.failures)
+            raise RuntimeError(f"{self.spec.name}: {len(self.failures)} actor deaths, more than the "
+                               f"{max_failures} allowed (rollout.max_restarts): {report}")
+        try:
+            ray.kill(self.actors[i])
+        except Exception:  # already gone
+            pass
+        self.actors[i] = self._start(i)
+        return self.actors[i]
 
     def __len__(self) -> int:
         return len(self.actors)

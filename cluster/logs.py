@@ -60,6 +60,12 @@ def quiet_driver(run_dir: Path) -> Path:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
+    ours = logging.getLogger("relayrl")  # relayrl's own warnings (a replaced actor ...): console and file
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in ours.handlers):
+        console = logging.StreamHandler()
+        console.setLevel(logging.WARNING)
+        console.setFormatter(logging.Formatter("relayrl: %(message)s"))
+        ours.addHandler(console)
     warnings.simplefilter("default")
     for name in ("ray", "transformers", "deepspeed", "vllm", "torch"):
         lib = logging.getLogger(name)

@@ -9,9 +9,10 @@ order they finish, never waiting for the slowest prompt of the batch to see the 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import ray
 
@@ -21,6 +22,8 @@ from actors.reward.scorer import RewardScorer
 from actors.rollout import RolloutWorker
 from actors.types import Group
 from cluster.actor_group import ActorCallTimeout, ActorGroup, GroupSpec
+
+log = logging.getLogger("relayrl")
 
 
 def rollout_env() -> dict[str, str]:
@@ -47,6 +50,9 @@ class RolloutPool:
             max_concurrency=4,  # scoring is I/O- or subprocess-bound: overlap several groups per actor
         )
         self._scorer_cycle = itertools.cycle(self.scorers.actors)
+        # set by the weight-sync owner: re-forms the sync group and pushes the current weights to
+        # replaced workers (probe-verified) before they sample
+        self.on_replaced: Optional[Callable[[list[int]], None]] = None
         self.reward_model = None
         if reward.model_path:  # a sequence-classification RM on its own actor, after the rule scorers
             self.reward_model = ActorGroup(
@@ -62,37 +68,72 @@ class RolloutPool:
 
         The requests go to the workers NOW (a worker serves calls in the order they arrive, so a
         weight push sent after this call reaches it after this generation); iterating the result
-        waits for the groups and sends each to a scorer as it arrives."""
+        waits for the groups and sends each to a scorer as it arrives. A worker that dies mid-way is
+        replaced (brought to the current weights by `on_replaced`) and its unfinished prompts are
+        re-issued to the replacement: every prompt yields exactly one group."""
         workers = self.workers.actors
-        chunks = [prompts[i::len(workers)] for i in range(len(workers))]
-        gens = {
-            w.generate_stream.options(num_returns="streaming").remote(chunk, n, sampling): f"rollout[{i}]"
-            for i, (w, chunk) in enumerate(zip(workers, chunks)) if chunk
-        }
-        return self._scored(gens, timeout_s)
+        chunks = {i: prompts[i::len(workers)] for i in range(len(workers))}
+        streams = {self._stream(i, chunk, n, sampling): i for i, chunk in chunks.items() if chunk}
+        return self._scored(streams, chunks, n, sampling, timeout_s)
 
-    def _scored(self, gens: dict, timeout_s: float) -> Iterator[Group]:
+    def _stream(self, i: int, prompts: list[dict[str, Any]], n: int, sampling: Optional[dict[str, Any]]):
+        return self.workers.actors[i].generate_stream.options(num_returns="streaming").remote(prompts, n, sampling)
+
+    def _scored(self, streams: dict, chunks: dict[int, list], n: int, sampling: Optional[dict[str, Any]],
+                timeout_s: float) -> Iterator[Group]:
         scoring: dict[ray.ObjectRef, str] = {}
+        fetched: dict[int, set[str]] = {i: set() for i in chunks}  # prompt ids each worker has delivered
         deadline = time.monotonic() + timeout_s
-        while gens or scoring:
-            ready, _ = ray.wait([*gens, *scoring], num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        while streams or scoring:
+            ready, _ = ray.wait([*streams, *scoring], num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
-                late = sorted(set(gens.values()) | set(scoring.values()))
+                late = sorted({f"rollout[{i}]" for i in streams.values()} | set(scoring.values()))
                 raise ActorCallTimeout(f"rollout: no group within {timeout_s:.0f}s from {', '.join(late)}")
             for r in ready:
-                if r in gens:
-                    try:
-                        group_ref = next(r)
-                    except StopIteration:
-                        del gens[r]
-                        continue
-                    scored = next(self._scorer_cycle).score_group.remote(group_ref)
-                    if self.reward_model is not None:
-                        scored = self.reward_model.actors[0].score_group.remote(scored, self.reward_cfg.model_weight)
-                    scoring[scored] = "reward scorer"
-                else:
+                if r not in streams:
                     del scoring[r]
                     yield ray.get(r)
+                    continue
+                i = streams[r]
+                try:
+                    group = ray.get(next(r))  # raises here if the worker died
+                except StopIteration:
+                    del streams[r]
+                    continue
+                except ray.exceptions.RayActorError as e:
+                    del streams[r]
+                    lost = [p for p in chunks[i] if p["prompt_id"] not in fetched[i]]
+                    self.replace_worker(i, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                    chunks[i], fetched[i] = lost, set()
+                    if lost:  # re-issued to the replacement, which now holds the current weights
+                        streams[self._stream(i, lost, n, sampling)] = i
+                    continue
+                fetched[i].add(group.prompt_id)
+                scored = next(self._scorer_cycle).score_group.remote(group)
+                if self.reward_model is not None:
+                    scored = self.reward_model.actors[0].score_group.remote(scored, self.reward_cfg.model_weight)
+                scoring[scored] = "reward scorer"
+
+    def replace_worker(self, i: int, error: str) -> None:
+        """Start a new rollout worker in place of dead worker i and bring it to the learner's weights."""
+        log.warning("rollout[%d] died (%s): replacing it", i, error)
+        self.workers.replace(i, error, self.rollout_cfg.max_restarts)
+        if self.on_replaced is not None:
+            self.on_replaced([i])
+
+    def dead_workers(self, timeout_s: float = 30.0) -> list[int]:
+        """Indices of rollout workers that no longer answer (their actor died)."""
+        dead = []
+        for i, w in enumerate(self.workers.actors):
+            try:
+                ray.get(w.health.remote(), timeout=timeout_s)
+            except ray.exceptions.RayActorError:
+                dead.append(i)
+        return dead
+
+    @property
+    def restarts(self) -> int:
+        return len(self.workers.failures)
 
     # ---- weights --------------------------------------------------------------------------------
     def rank_offsets(self) -> list[int]:

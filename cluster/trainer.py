@@ -74,15 +74,17 @@ def train(cfg: RunConfig) -> Path:
             feed.start_ahead(step, last)  # async: the next steps' prompts go out to the current weights
             batch = groups_to_batch(groups, cfg.algorithm)
             t = mark(timing, "batch", t)
-            learn = run.learner.train_step(batch)
-            t = mark(timing, "learn", t)
-            state.version += 1
-            sync = run.sync.push(state.version)  # a worker mid-generation loads it when that call ends
+            with run.sync.lock:  # a rollout worker replaced meanwhile joins at the version it really gets
+                learn = run.learner.train_step(batch)
+                t = mark(timing, "learn", t)
+                state.version += 1
+                sync = run.sync.push(state.version)  # a worker mid-generation loads it when that call ends
             if every(cfg.weight_sync.verify_every, step):
                 sync.update(run.sync.verify(*run.probe))
             t = mark(timing, "sync", t)
             metrics = {**rollout_stats(groups, run.eval_component, run.eval_threshold), **learn, **sync,
                        **staleness, **buffer.metrics(), "version": state.version,
+                       "rollout/worker_restarts": float(run.rollout.restarts),
                        "prompt_ids": [g.prompt_id for g in groups]}  # the exactly-once ledger, in metrics.jsonl
             if every(cfg.logging.dump_samples_every, step):
                 logger.dump_samples(step, groups)

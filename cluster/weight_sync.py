@@ -9,11 +9,19 @@ instead of hanging the job.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
+import logging
+
+import ray
+
 from cluster.actor_group import wait_all
 from cluster.config import WeightSyncConfig
+
+
+log = logging.getLogger("relayrl")
 
 
 class WeightSync:
@@ -21,6 +29,12 @@ class WeightSync:
         self.learner, self.rollout, self.cfg = learner, rollout, cfg
         self.backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device == "cuda" else "gloo")
         self.bytes = 0
+        self.version = 0  # the last version pushed: what a replaced worker is brought to
+        self.probe: tuple[list[list[int]], list[int]] | None = None  # fixed sequences for verification
+        # The learner's weights change, and the group is re-formed, only under this lock: a rollout worker
+        # replaced from a background thread (async mode) joins at the version it really receives.
+        self.lock = threading.RLock()
+        rollout.on_replaced = self.rejoin
 
     def setup(self) -> None:
         bucket_bytes = int(self.cfg.bucket_mb * (1 << 20))
@@ -38,21 +52,52 @@ class WeightSync:
 
     def push(self, version: int) -> dict[str, float]:
         """Broadcast the learner's current weights as `version`; every worker loads them in place."""
-        t0 = time.perf_counter()
-        learner_refs = self.learner.broadcast_weights_async(version)
-        worker_refs = self.rollout.workers.call_async("receive_weights", version)
-        self._wait(learner_refs, worker_refs, f"weight broadcast v{version}")
-        dt = time.perf_counter() - t0
-        return {"sync/seconds": dt, "sync/bytes": float(self.bytes), "sync/MBps": self.bytes / dt / 1e6}
+        with self.lock:
+            t0 = time.perf_counter()
+            learner_refs = self.learner.broadcast_weights_async(version)
+            worker_refs = self.rollout.workers.call_async("receive_weights", version)
+            try:
+                self._wait(learner_refs, worker_refs, f"weight broadcast v{version}")
+            except ray.exceptions.RayActorError:
+                dead = self.rollout.dead_workers()
+                if not dead:
+                    raise  # the learner died: not a rollout worker's fault
+                # a worker died while idle: let the sender give up on the broken group, replace the
+                # dead, re-form the group, and send this version again
+                ray.wait(learner_refs, num_returns=len(learner_refs), timeout=self.cfg.timeout_s)
+                for i in dead:
+                    log.warning("rollout[%d] died before the weight push of v%d: replacing it", i, version)
+                    self.rollout.workers.replace(i, "died before a weight push", self.rollout.rollout_cfg.max_restarts)
+                self.setup()
+                out = self.push(version)
+                if self.probe is not None:
+                    out.update(self.verify(*self.probe, workers=dead))  # newcomers are proven before they sample
+                return out
+            self.version = version
+            dt = time.perf_counter() - t0
+            return {"sync/seconds": dt, "sync/bytes": float(self.bytes), "sync/MBps": self.bytes / dt / 1e6}
 
-    def verify(self, sequences: list[list[int]], prompt_lengths: list[int]) -> dict[str, float]:
-        """Prove the rollout engines now compute the learner's distribution on a fixed probe."""
+    def rejoin(self, replaced: list[int]) -> None:
+        """Replaced rollout workers join: re-form the group for the new membership, push the last
+        version to everyone (the others already hold it) and prove the newcomers hold it."""
+        with self.lock:
+            self.setup()
+            self.push(self.version)
+            if self.probe is not None:
+                self.verify(*self.probe, workers=replaced)
+
+    def verify(self, sequences: list[list[int]], prompt_lengths: list[int],
+               workers: list[int] | None = None) -> dict[str, float]:
+        """Prove the rollout engines (all, or `workers`) now compute the learner's distribution on a fixed probe."""
         # Temperature 1 on both sides: equal weights give equal raw distributions, and vLLM scores
         # prompt tokens at T=1 in one request (other temperatures need one request per token).
-        mine = self.learner.probe_logprobs(sequences, prompt_lengths, 1.0)
-        theirs = self.rollout.workers.call("score_logprobs", sequences, prompt_lengths, 1.0, timeout=self.cfg.timeout_s)
+        with self.lock:
+            mine = self.learner.probe_logprobs(sequences, prompt_lengths, 1.0)
+        which = list(range(len(self.rollout.workers))) if workers is None else list(workers)
+        theirs = wait_all([self.rollout.workers.actors[w].score_logprobs.remote(sequences, prompt_lengths, 1.0)
+                           for w in which], [f"rollout[{w}]" for w in which], "probe", self.cfg.timeout_s)
         worst = 0.0
-        for w, lps in enumerate(theirs):
+        for w, lps in zip(which, theirs):
             diff = max((abs(a - b) for seq_a, seq_b in zip(mine, lps) for a, b in zip(seq_a, seq_b)), default=0.0)
             if diff > self.cfg.verify_tolerance:
                 raise RuntimeError(
