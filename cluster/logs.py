@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import logging
 import os
 import warnings
@@ -71,6 +74,14 @@ def quiet_driver(run_dir: Path) -> Path:
         lib = logging.getLogger(name)
         lib.handlers.clear()
         lib.propagate = True
+    if importlib.util.find_spec("accelerate") is not None:
+        # With accelerate installed (the parity extra), transformers imports it and it imports DeepSpeed,
+        # whose logger prints its accelerator choice to stdout: import it now, quietly, into the log file.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            import deepspeed  # noqa: F401
+        ds = logging.getLogger("DeepSpeed")
+        ds.handlers.clear()
+        ds.propagate = True
     try:
         from transformers.utils import logging as hf_logging
 

@@ -154,7 +154,9 @@ def log_step(logger: MetricsLogger, step: int, metrics: dict[str, Any], timing: 
     metrics["timing/learner_idle_fraction"] = max(0.0, 1.0 - metrics.get("learner/step_seconds", 0.0) / total)
     metrics["timing/rollout_idle_fraction"] = max(0.0, 1.0 - metrics.get("rollout/engine_seconds", 0.0) / total)
     metrics["throughput/samples_per_s"] = metrics.get("rollout/samples", 0.0) / total
-    metrics["throughput/gen_tokens_per_s"] = metrics.get("rollout/response_tokens", 0.0) / max(timing["generate"], 1e-9)
+    # tokens over the engines' own generation span (in async mode the driver hardly waits for them)
+    metrics["throughput/gen_tokens_per_s"] = (metrics.get("rollout/response_tokens", 0.0)
+                                              / max(metrics.get("rollout/engine_seconds", 0.0), 1e-9))
     logger.log(step, metrics)
     line = (f"step {step:>4} | reward {metrics['reward/mean']:+.3f} | acc {100 * metrics['reward/accuracy']:5.1f}% | "
             f"len {metrics['rollout/response_length_mean']:5.1f} | gen {timing['generate']:.2f}s learn "

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from machine import describe, one_line
-from workloads import ROOT, WORKLOADS
+from workloads import ROOT, WORKLOADS, prompts
 
 
 
@@ -93,12 +93,50 @@ def summarize_async(reps: list[dict]) -> dict:
                                for k in reps[0]["relayrl_async"]["phases"]}}
 
 
+SCALING_SIDES = {"relayrl": "1 worker, 1 rank", "relayrl_w2": "2 workers, 1 rank",
+                 "relayrl_k2": "1 worker, 2 ranks", "relayrl_w2k2": "2 workers, 2 ranks"}
+
+
+def summarize_scaling(reps: list[dict], w) -> dict:
+    """Step and phase medians per topology, and the constants docs/scaling.md uses (1 worker, 1 rank)."""
+    out = {}
+    for side in SCALING_SIDES:
+        runs = [rep[side] for rep in reps]
+        out[side] = {"step_s": spread([r["step_s"] for r in runs]),
+                     **{k: statistics.median(r["phases"][k] for r in runs) for k in ("generate", "learn", "sync")}}
+    base = out["relayrl"]
+    prompt_len = statistics.mean(len(r["prompt"]) for r in prompts(w.prompts))  # character tokenizer: 1 token/char
+    out["constants"] = {
+        "gen_tokens_per_s_per_worker": w.prompts * w.group * w.new_tokens / base["generate"],
+        "learner_tokens_per_s_per_rank": w.prompts * w.group * (w.new_tokens + prompt_len) / base["learn"],
+        "sync_s": base["sync"],
+    }
+    return out
+
+
+def report_scaling(name: str, res: dict) -> list[str]:
+    w, s = WORKLOADS[name], res["summary"]
+    lines = [f"## {name}: the generation-heavy run with 1-2 rollout workers x 1-2 learner ranks ({w.prompts} × "
+             f"{w.group} × {w.new_tokens} forced tokens, {res['params']:,} parameters, {res['dtype']}; measured "
+             f"{res.get('date', '?')})", "",
+             "On 2 cores two workers (or two ranks) each get one core instead of two threads on both: this shows "
+             "the cost of splitting the machine, not the gain a cluster gets from adding hardware (see docs/scaling.md).",
+             "", "| topology | s / step | generate | learn | weight sync |", "|---|---:|---:|---:|---:|"]
+    for side, label in SCALING_SIDES.items():
+        r = s[side]
+        lines.append(f"| {label} | {fmt(r['step_s'])} | {r['generate']:.2f} | {r['learn']:.2f} | {r['sync']:.3f} |")
+    c = s["constants"]
+    lines += ["", f"Constants (1 worker, 1 rank): generation {c['gen_tokens_per_s_per_worker']:.0f} tokens/s per "
+              f"worker; learner {c['learner_tokens_per_s_per_rank']:.0f} training tokens/s per rank.", ""]
+    return lines
+
+
 def report_async(name: str, res: dict) -> list[str]:
     w, s = WORKLOADS[name], res["summary"]
     p = s["async_phases_s"]
     return [f"## {name}: sync vs async, rollout worker pinned to core 0 and learner rank to core 1; {w.prompts} "
             f"prompts × {w.group} samples, {w.new_tokens} forced new tokens, {res['params']:,}-parameter Qwen3, "
-            f"{res['dtype']}", "",
+            f"{res['dtype']} (measured {res.get('date', '?')})", "",
             "| mode | s / step | samples / s |", "|---|---:|---:|",
             f"| sync | {fmt(s['sync_step_s'])} | {w.prompts * w.group / s['sync_step_s']['median']:.1f} |",
             f"| async (`trainer.mode=async`, `buffer.max_staleness=1`, TIS) | {fmt(s['async_step_s'])} | "
@@ -127,9 +165,12 @@ def report(machine: dict, results: dict, reps: int) -> str:
         if "relayrl_async" in w.sides:
             lines += report_async(name, res)
             continue
+        if "relayrl_w2" in w.sides:
+            lines += report_scaling(name, res)
+            continue
         lines += [f"## {name}: {w.prompts} prompts × {w.group} samples, {w.new_tokens} "
                   f"{'forced ' if w.fixed_length else 'max '}new tokens, "
-                  f"{res['params']:,}-parameter Qwen3, {res['dtype']}", "",
+                  f"{res['params']:,}-parameter Qwen3, {res['dtype']} (measured {res.get('date', '?')})", "",
                   "| side | s / step | samples / s |", "|---|---:|---:|",
                   f"| relayrl (`relayrl train`: Ray, vLLM worker, scorer, DeepSpeed, weight broadcast) | "
                   f"{fmt(s['relayrl_step_s'])} | {s['relayrl_samples_per_s']['median']:.1f} |"]
@@ -169,7 +210,12 @@ def main() -> None:
     if not trl:
         print("TRL not installed (pip install -e '.[parity]'): the TRL side is skipped", file=sys.stderr)
     machine = describe()
-    results = {}
+    out = Path(args.out)
+    # workloads not run this time keep their last results, if they were measured on this same machine
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    results = previous.get("results", {}) if previous.get("machine") == machine else {}
+    for kept in results.values():
+        kept.setdefault("date", previous.get("date", "?"))
     for name in args.workloads.split(","):
         w = WORKLOADS[name]
         from cluster.tiny_model import make_tiny_model, num_parameters
@@ -188,11 +234,13 @@ def main() -> None:
                       f"{res[side].get('step_s', res[side].get('ideal_step_s')):.3f} s/step "
                       f"({res[side]['process_s']:.0f}s)", flush=True)
             reps.append(res)
+        summary = (summarize_async(reps) if "relayrl_async" in w.sides else
+                   summarize_scaling(reps, w) if "relayrl_w2" in w.sides else summarize(reps))
         results[name] = {"params": num_parameters(w.model_dir), "dtype": resolved_dtype(w), "reps": reps,
-                         "summary": summarize_async(reps) if "relayrl_async" in w.sides else summarize(reps)}
+                         "date": time.strftime("%Y-%m-%d %H:%M"), "summary": summary}
     payload = {"machine": machine, "command": "python scripts/bench/run.py " + " ".join(sys.argv[1:]),
                "date": time.strftime("%Y-%m-%d %H:%M"), "results": results}
-    Path(args.out).write_text(json.dumps(payload, indent=1))
+    out.write_text(json.dumps(payload, indent=1))
     Path(args.md).write_text(report(machine, results, args.reps))
     print(Path(args.md).read_text())
 

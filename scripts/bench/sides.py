@@ -45,6 +45,10 @@ def relayrl_overrides(w: Workload, run_dir: Path, mode: str = "sync") -> list[st
                   "learner.threads_per_rank=1"]
     if mode == "async":  # one step ahead, truncated IS against the sampler's logprobs
         extra += ["trainer.mode=async", "buffer.max_staleness=1", "algorithm.off_policy.name=tis"]
+    if "w2" in mode:  # two rollout workers, one core each
+        extra += ["rollout.num_workers=2"]
+    if "k2" in mode:  # two learner ranks (DeepSpeed data parallel), one thread each
+        extra += ["learner.num_ranks=2"]
     return [*extra,
         f"model.path={w.model_dir}", *spec, f"model.dtype={w.dtype}",
         "trainer.warm_start.steps=0", "data.eval_files=[]", "data.max_prompt_tokens=16",
@@ -214,6 +218,7 @@ def run_trl(w: Workload) -> dict:
 
 if __name__ == "__main__":
     side, name, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    result = {"relayrl": run_relayrl, "relayrl_async": lambda w: run_relayrl(w, "async"), "bare": run_bare,
-              "trl": run_trl}[side](WORKLOADS[name])
+    sides = {"relayrl": run_relayrl, "bare": run_bare, "trl": run_trl,
+             **{f"relayrl_{m}": (lambda w, m=m: run_relayrl(w, m)) for m in ("async", "w2", "k2", "w2k2")}}
+    result = sides[side](WORKLOADS[name])
     out.write_text(json.dumps(result))

@@ -30,7 +30,7 @@ class Workload:
 
     @property
     def model_dir(self) -> Path:
-        return CACHE / f"model-{self.name}"
+        return CACHE / f"model-{self.name if self.name != 'scaling' else 'gen_heavy'}"
 
 
 TINY = Workload("tiny", TinyModelSpec(), prompts=8, group=8, new_tokens=8, fixed_length=False,
@@ -44,7 +44,10 @@ ASYNC_SPLIT = Workload("async_split", TinyModelSpec(hidden_size=384, num_layers=
                                                    intermediate_size=1024, max_position_embeddings=512),
                        prompts=8, group=8, new_tokens=128, fixed_length=True, dtype="auto", steps=4, warmup=2,
                        sides=("relayrl", "relayrl_async"), split_cores=True)
-WORKLOADS = {w.name: w for w in (TINY, GEN_HEAVY, ASYNC_SPLIT)}
+# the generation-heavy run with 1 and 2 rollout workers x 1 and 2 learner ranks (each takes a core when 2)
+SCALING = dataclasses.replace(GEN_HEAVY, name="scaling", steps=2, warmup=2,
+                              sides=("relayrl", "relayrl_w2", "relayrl_k2", "relayrl_w2k2"))
+WORKLOADS = {w.name: w for w in (TINY, GEN_HEAVY, ASYNC_SPLIT, SCALING)}
 
 
 def resolved_dtype(w: Workload) -> str:
