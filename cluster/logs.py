@@ -58,8 +58,9 @@ def quiet_driver(run_dir: Path) -> Path:
     handler = logging.FileHandler(log_dir / "driver.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger()
-    for h in list(root.handlers):
+    for h in list(root.handlers):  # a previous run's file in this process (tests run several)
         root.removeHandler(h)
+        h.close()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)

@@ -69,4 +69,7 @@ from deepspeed.ops.op_builder.cpu import CPUAdamBuilder, ShareMemCommBuilder
 ShareMemCommBuilder().load(verbose=False)
 CPUAdamBuilder().load(verbose=False)"
 fi
-$VPY -c "import vllm, deepspeed, ray, torch, transformers; print('[setup] ok: torch', torch.__version__, '| vllm', vllm.__version__, '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)" 2>/dev/null
+# The import check (DeepSpeed logs its accelerator choice on stdout at import: keep only our line).
+check=$($VPY -c "import vllm, deepspeed, ray, torch, transformers; print('[setup] ok: torch', torch.__version__, '| vllm', vllm.__version__, '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)" 2>&1) \
+  || { echo "$check" | tail -n 20 >&2; echo "[setup] FAILED: the installed packages do not import" >&2; exit 1; }
+echo "$check" | grep '^\[setup\] ok'

@@ -1,9 +1,9 @@
 """ONE command for every benchmark: relayrl vs TRL's GRPOTrainer vs the machine's own limit.
 
     .venv/bin/pip install -e ".[parity]"     # TRL (benchmark-only extra, never a runtime dependency)
-    .venv/bin/python scripts/bench/run.py [--workloads tiny,gen_heavy] [--reps 3]
+    .venv/bin/python scripts/bench/run.py [--workloads tiny,gen_heavy,async_split,scaling] [--reps 3]
 
-For each workload (scripts/bench/workloads.py) and each repetition, the three sides run one after
+For each workload (scripts/bench/workloads.py) and each repetition, its sides run one after
 another in fresh processes, in an order that alternates between repetitions (relayrl, TRL, bare, then
 bare, TRL, relayrl, ...), so a slow minute of the machine does not favour one side. Every figure is
 the median over repetitions of each run's own median step, with min-max over repetitions; ratios
@@ -201,7 +201,7 @@ def report(machine: dict, results: dict, reps: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workloads", default="tiny,gen_heavy")
+    ap.add_argument("--workloads", default="tiny,gen_heavy,async_split,scaling")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "scripts/results/bench.json"))
     ap.add_argument("--md", default=str(ROOT / "BENCHMARKS.md"))

@@ -60,18 +60,22 @@ def test_async_overlaps_generation_and_corrects_for_the_lag(tmp_path):
     assert len(ids) == len(set(ids)) == 4 * 8
 
 
+# long enough generations (~0.5 s a step) that the kill lands while the run is still going
+KILLED = ["trainer.total_steps=6", "trainer.mode=async", "buffer.max_staleness=1", "checkpoint.every=2",
+          "checkpoint.keep_last=3", "rollout.sampling.max_new_tokens=64", "rollout.sampling.min_new_tokens=64",
+          "rollout.max_model_len=96"]
+
+
 def test_sigkilled_async_run_resumes_training_every_prompt_once(tmp_path):
-    cfg = config(tmp_path, "killed", "trainer.total_steps=6", "trainer.mode=async", "buffer.max_staleness=1",
-                 "checkpoint.every=2", "checkpoint.keep_last=3")
+    cfg = config(tmp_path, "killed", *KILLED)
     run_dir = Path(cfg.logging.run_dir)
     args = [str(Path(sys.executable).with_name("relayrl")), "train", "configs/demo_grpo.yaml",
-            f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *SMALL, "trainer.total_steps=6",
-            "trainer.mode=async", "buffer.max_staleness=1", "checkpoint.every=2", "checkpoint.keep_last=3"]
+            f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *SMALL, *KILLED]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # kill once step 3 is logged: mid-step 4, batch 5 in flight
-            time.sleep(0.2)
+            time.sleep(0.02)
             if (run_dir / "metrics.jsonl").exists() and any(
                     r["kind"] == "train" and r["step"] >= 3 for r in read_metrics(run_dir)):
                 break
