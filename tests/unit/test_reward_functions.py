@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from actors.reward.code_harness import CHECK_NAME, TESTS_NAME, Unconvertible, plain
-from actors.reward.registry import (REPORTED, REWARD_FUNCTIONS, decode_frame, extract_code, judge, parse_number,
-                                    plan_tests, reference_answer, same, verdict)
+from actors.reward.code_judge import REPORTED, decode_frame, extract_code, judge, plan_tests, same, verdict
+from actors.reward.registry import REWARD_FUNCTIONS, parse_number, reference_answer
 from actors.reward.sandbox import SandboxResult
 from actors.types import Sample
 
