@@ -26,6 +26,10 @@ class SamplingConfig:
 class RolloutConfig:
     num_workers: int = 1  # vLLM engines, each its own Ray actor
     max_restarts: int = 3  # rollout workers that die are replaced, their prompts re-issued; more deaths stop the run
+    # async: a weight push reaches a worker between two engine steps of the generation in progress, which
+    # continues with the new weights (tokens kept, each stamped with its version); false = the worker
+    # finishes its requests first
+    partial_rollouts: bool = False
     tensor_parallel_size: int = 1  # GPU only
     n: int = 8  # completions per prompt (group size G)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

@@ -16,12 +16,24 @@ default at the rollout's sampling temperature, like the learner's probe.
 Streaming. `generate_stream` drives the engine step by step (the same loop `LLM.generate` runs) and
 yields a prompt's Group as soon as its n completions are finished, so scoring starts while other
 prompts are still generating. In a Ray actor, call it with `.options(num_returns="streaming")`.
+
+Versions and partial rollouts. The engine labels every sampled token with the weight version it
+was sampled by (vLLM's weight-version spans); `Sample.token_versions` keeps that label per response
+token and `Sample.policy_version` is the oldest of them. Every engine use holds `_engine_lock` one
+engine step at a time, and a weight load waiting for it goes before the generation loop's next
+step. With one call at a time (the default actor) a push therefore reaches a worker after its
+generation; on an actor with max_concurrency >= 2 (`rollout.partial_rollouts`) `receive_weights`
+runs between two engine steps of a generation in progress: the requests keep their tokens (and
+their KV cache, computed by the old weights) and continue with the new weights, and the tokens
+sampled from then on carry the new version. Generations and probes still run one at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import threading
 import time
 from typing import Any, Iterator, Optional
 
@@ -40,6 +52,11 @@ class RolloutWorker:
         self.model_path, self.cfg, self.worker_index, self.device = model_path, cfg, worker_index, device
         self._version = 0
         self._weight_sync = False
+        # One engine step (or weight load, or probe) at a time; a waiting load goes before the next step.
+        self._engine_lock = threading.Condition()
+        self._loads_waiting = 0
+        self._generation_lock = threading.Lock()  # one generation or probe at a time
+        self._prefix_cache_stale = False  # weights changed while requests held cached blocks
         # In-process engine (no engine-core subprocess): ~2 s init instead of ~20 s, same speed, one
         # process per Ray actor. Must be set before vLLM reads it.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -79,6 +96,7 @@ class RolloutWorker:
             kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * (1 << 30))
         kwargs.update(cfg.engine_kwargs)
         self.llm = LLM(**kwargs)
+        self.llm.llm_engine.set_weight_version(str(self._version))  # the label on every sampled token
         self.tokenizer = self.llm.get_tokenizer()
         self._warm_up()
 
@@ -114,38 +132,71 @@ class RolloutWorker:
         sampling seed, for reproducible runs) and optional `sampling` (per-prompt overrides).
         sampling: overrides of SamplingConfig fields (temperature, top_p, top_k, max_new_tokens,
         stop) and of the SamplingParams fields in _EXTRA_SAMPLING_KEYS, for this call.
-        version_override: the policy version stamped on the samples (default: self.version).
+        version_override: the policy version stamped on every token (default: the engine's label of the
+        weights that sampled each token).
         Each Group's generate_seconds is the time from submission until its last completion finished.
         """
         if sampling is not None and not isinstance(sampling, dict):
             raise TypeError(f"sampling must be a dict of overrides or None, got {type(sampling).__name__} "
                             f"(version_override is keyword-only)")
+        version_override = None if version_override is None else int(version_override)
         engine = self.llm.llm_engine
-        if engine.has_unfinished_requests():
-            raise RuntimeError("RolloutWorker runs one generation at a time; the engine still has requests")
-        version = self._version if version_override is None else int(version_override)
-        inputs = [_engine_input(p) for p in prompts]
         if len({p["prompt_id"] for p in prompts}) != len(prompts):
             raise ValueError("prompt_id must be unique within one generate call")
+        inputs = [_engine_input(p) for p in prompts]
         params = [self._sampling_params(n, sampling, p) for p in prompts]
-        t0 = time.perf_counter()
-        # enqueue renders and adds the requests exactly as LLM.generate does; the loop below is the
-        # one LLM.generate runs, except that finished groups leave it as soon as they are done.
-        request_ids = self.llm.enqueue(inputs, params, use_tqdm=False)
-        # enqueue returns internal ids "<external>-<random suffix>"; outputs carry the external id.
-        pending = {rid.split("-", 1)[0]: p for rid, p in zip(request_ids, prompts)}
-        try:
-            while engine.has_unfinished_requests():
-                for out in engine.step():
-                    if out.finished:
-                        yield self._group(pending.pop(out.request_id), out, version, time.perf_counter() - t0)
-        finally:
-            if pending:  # the consumer stopped early (or a step failed): free the engine
-                engine.abort_request(list(pending))
+        with self._generation_lock:
+            with self._engine():
+                if engine.has_unfinished_requests():
+                    raise RuntimeError("RolloutWorker runs one generation at a time; the engine still has requests")
+                self._reset_stale_prefix_cache()
+                t0 = time.perf_counter()
+                # enqueue renders and adds the requests exactly as LLM.generate does; the loop below is the
+                # one LLM.generate runs, except that finished groups leave it as soon as they are done.
+                request_ids = self.llm.enqueue(inputs, params, use_tqdm=False)
+            # enqueue returns internal ids "<external>-<random suffix>"; outputs carry the external id.
+            pending = {rid.split("-", 1)[0]: p for rid, p in zip(request_ids, prompts)}
+            try:
+                while True:
+                    with self._engine():  # a weight load may run between two steps (partial rollouts)
+                        if not engine.has_unfinished_requests():
+                            break
+                        outs = engine.step()
+                    for out in outs:
+                        if out.finished:
+                            yield self._group(pending.pop(out.request_id), out, version_override,
+                                              time.perf_counter() - t0)
+            finally:
+                if pending:  # the consumer stopped early (or a step failed): free the engine
+                    with self._engine():
+                        engine.abort_request(list(pending))
         if pending:
             raise RuntimeError(f"engine finished without outputs for prompts {[p['prompt_id'] for p in pending.values()]}")
 
-    def _group(self, prompt: dict[str, Any], out: Any, version: int, seconds: float) -> Group:
+    @contextlib.contextmanager
+    def _engine(self, load: bool = False) -> Iterator[None]:
+        """Hold the engine for one step (or, load=True, for a weight load / group set-up, which goes
+        before the generation loop's next step)."""
+        with self._engine_lock:
+            if load:
+                self._loads_waiting += 1
+        try:
+            with self._engine_lock:
+                if not load:
+                    self._engine_lock.wait_for(lambda: self._loads_waiting == 0)
+                yield
+        finally:
+            if load:
+                with self._engine_lock:
+                    self._loads_waiting -= 1
+                    self._engine_lock.notify_all()
+
+    def _reset_stale_prefix_cache(self) -> None:
+        """Blocks cached before a weight load that happened mid-generation must not serve new requests."""
+        if self._prefix_cache_stale and self.llm.reset_prefix_cache():
+            self._prefix_cache_stale = False
+
+    def _group(self, prompt: dict[str, Any], out: Any, version_override: Optional[int], seconds: float) -> Group:
         prompt_ids = list(out.prompt_token_ids)
         text = prompt.get("prompt")
         if text is None:
@@ -154,11 +205,14 @@ class RolloutWorker:
         samples = []
         for c in sorted(out.outputs, key=lambda c: c.index):
             response_ids = list(c.token_ids)
+            versions = ([version_override] * len(response_ids) if version_override is not None
+                        else token_versions(c.weight_versions, len(response_ids), self._version))
             samples.append(Sample(
                 prompt_id=prompt["prompt_id"], prompt=text, prompt_ids=list(prompt_ids),
                 response=c.text, response_ids=response_ids, logprobs=_sampled_logprobs(c.logprobs, response_ids),
-                finish_reason=_FINISH_REASONS.get(c.finish_reason, "abort"), policy_version=version,
-                meta=dict(meta),
+                finish_reason=_FINISH_REASONS.get(c.finish_reason, "abort"),
+                policy_version=min(versions, default=self._version if version_override is None else version_override),
+                token_versions=versions, meta=dict(meta),
             ))
         return Group(prompt_id=prompt["prompt_id"], samples=samples, generate_seconds=seconds)
 
@@ -215,6 +269,13 @@ class RolloutWorker:
             if not 1 <= k <= len(seq):
                 raise ValueError(f"score_logprobs: prompt length {k} outside [1, {len(seq)}]")
         t = self.cfg.sampling.temperature if temperature is None else float(temperature)
+        with self._generation_lock, self._engine(load=True):  # never inside a generation's engine loop
+            self._reset_stale_prefix_cache()
+            return self._score(sequences, prompt_lengths, t)
+
+    def _score(self, sequences: list[list[int]], prompt_lengths: list[int], t: float) -> list[list[float]]:
+        from vllm import SamplingParams
+
         if t in (0.0, 1.0):
             params = SamplingParams(max_tokens=1, prompt_logprobs=0, flat_logprobs=True, detokenize=False)
             outs = self.llm.generate([{"prompt_token_ids": list(s)} for s in sequences], params, use_tqdm=False)
@@ -238,17 +299,22 @@ class RolloutWorker:
 
         Protocol: actors/vllm_ext.py. Every TP rank of this engine joins as rank_offset + tp_rank.
         """
-        infos = self.llm.collective_rpc(
-            "init_weight_sync", args=(host, port, rank_offset, world_size, manifest, buckets, backend, timeout_s))
+        with self._engine(load=True):
+            infos = self.llm.collective_rpc(
+                "init_weight_sync", args=(host, port, rank_offset, world_size, manifest, buckets, backend, timeout_s))
         self._weight_sync = True
         return infos[0]
 
     def receive_weights(self, version: int) -> dict[str, float]:
         """Receive the learner's broadcast, load it in place and become `version`. Collective with the sender."""
         t0 = time.perf_counter()
-        stats = self.llm.collective_rpc("receive_weights", args=(int(version),))
-        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
-        self._version = int(version)
+        with self._engine(load=True):  # between two engine steps when a generation is in progress
+            stats = self.llm.collective_rpc("receive_weights", args=(int(version),))
+            self._version = int(version)
+            self.llm.llm_engine.set_weight_version(str(self._version))
+            # cached KV blocks were computed by the old weights; while requests still hold blocks the
+            # reset must wait for the end of their generation
+            self._prefix_cache_stale = not self.llm.reset_prefix_cache()
         return {
             "version": int(version),
             "seconds": time.perf_counter() - t0,
@@ -279,7 +345,8 @@ class RolloutWorker:
         if llm is None:
             return
         if self._weight_sync:
-            llm.collective_rpc("close_weight_sync")
+            with self._engine(load=True):
+                llm.collective_rpc("close_weight_sync")
             self._weight_sync = False
         llm.llm_engine.engine_core.shutdown()
         self.llm = None
@@ -325,6 +392,17 @@ def request_seed(seed: int) -> int:
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
     z ^= z >> 31
     return int(z % ((1 << 31) - (1 << 16)))
+
+
+def token_versions(spans: Any, num_tokens: int, current: int) -> list[int]:
+    """Per response token, the weight version that sampled it, from vLLM's spans ([start, end) tokens
+    sampled by weights labelled `version`). No spans (no token, or no label reported): `current`."""
+    if not spans:
+        return [current] * num_tokens
+    out = [current] * num_tokens
+    for span in spans:
+        out[span.start:span.end] = [int(span.version)] * (span.end - span.start)
+    return out
 
 
 def _engine_input(prompt: dict[str, Any]) -> Any:

@@ -18,7 +18,10 @@ class Sample:
     prompt_ids / response_ids: token ids; logprobs[i] is the sampler's log-probability of
     response_ids[i] under the sampling distribution (temperature applied), len == len(response_ids).
     finish_reason: "stop" (EOS or a stop string), "length" (hit max new tokens) or "abort".
-    policy_version: the weight version of the engine that produced the sample — every sample knows it.
+    policy_version: the weight version of the engine that produced the sample — every sample knows it;
+    with partial rollouts (weights loaded mid-generation) the version of its OLDEST token.
+    token_versions: per response token, the version of the weights that sampled it (one value
+    throughout unless the worker loaded new weights mid-generation); [] when not recorded.
     """
 
     prompt_id: str
@@ -30,6 +33,7 @@ class Sample:
     finish_reason: str
     policy_version: int
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # task fields, e.g. the answer
+    token_versions: list[int] = dataclasses.field(default_factory=list)
     reward: float = 0.0
     reward_components: dict[str, float] = dataclasses.field(default_factory=dict)
     reward_error: str | None = None  # set when a scorer failed or timed out (reward is then 0)

@@ -100,7 +100,7 @@ class MetricsLogger:
                         "prompt_id": s.prompt_id, "prompt": s.prompt, "completion": s.response,
                         "reward": s.reward, "components": s.reward_components, "error": s.reward_error,
                         "finish_reason": s.finish_reason, "policy_version": s.policy_version,
-                        "response_tokens": s.response_length,
+                        "response_tokens": s.response_length, "version_spans": version_spans(s.token_versions),
                     }) + "\n")
 
     def close(self) -> None:
@@ -238,3 +238,14 @@ def _ends_without_newline(path: Path) -> bool:
             return f.read(1) != b"\n"
     except FileNotFoundError:
         return False
+
+
+def version_spans(token_versions: list[int]) -> list[list[int]]:
+    """[[version, first token, end token), ...]: a sample's per-token versions, run-length encoded."""
+    spans: list[list[int]] = []
+    for i, v in enumerate(token_versions):
+        if spans and spans[-1][0] == v:
+            spans[-1][2] = i + 1
+        else:
+            spans.append([v, i, i + 1])
+    return spans

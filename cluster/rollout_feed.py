@@ -6,7 +6,10 @@ async  Before the learner trains on step k, the driver already issues step k+1's
        `depth` = buffer.max_staleness steps ahead) to the rollout workers, which generate with the
        weights they hold while the learner trains; a background thread scores the groups as they
        finish. New weights reach a worker after its current generation call ends (it finishes its
-       requests first), so every sample was produced by exactly one policy version, stamped on it.
+       requests first), so every sample was produced by exactly one policy version, stamped on it —
+       or, with rollout.partial_rollouts, between two engine steps of that call: the requests go on
+       with the new weights, each token carries the version that sampled it, and a sample's version
+       is its oldest token's.
        A sample is never trained more than `depth` versions behind the learner: the driver never
        issues further ahead, and the buffer refuses (and counts) anything staler.
        depth 0 issues nothing ahead: async then IS sync, sample for sample.
@@ -115,6 +118,12 @@ def staleness_metrics(groups: list[Group], version: int) -> dict[str, float]:
     """Per trained sample: how many versions the learner is ahead of the weights that sampled it."""
     lags = [version - s.policy_version for g in groups for s in g.trained_samples()]
     out = {"staleness/mean": sum(lags) / max(1, len(lags)), "staleness/max": float(max(lags, default=0))}
+    # partial rollouts: tokens sampled after a mid-generation weight load are fresher than their sample
+    token_lags = [version - v for g in groups for s in g.trained_samples() for v in s.token_versions]
+    if token_lags:
+        out["staleness/token_mean"] = sum(token_lags) / len(token_lags)
+    out["staleness/partial_samples"] = float(sum(len(set(s.token_versions)) > 1
+                                                 for g in groups for s in g.trained_samples()))
     for lag, n in sorted(collections.Counter(lags).items()):
         out[f"staleness/samples_lag_{lag}"] = float(n)
     return out

@@ -41,6 +41,9 @@ class RolloutPool:
                       float(rollout.tensor_parallel_size) if device == "cuda" else 0.0, env=rollout_env()),
             RolloutWorker,
             args_for=lambda i: ((model_path, rollout, dtype), {"worker_index": i, "device": device}),
+            # partial rollouts: a weight push runs beside the generation in progress (the worker
+            # interleaves them between engine steps); otherwise calls run one after another
+            max_concurrency=2 if rollout.partial_rollouts else 1,
         )
         specs = [{"name": f.name, "weight": f.weight, "params": dict(f.params)} for f in reward.functions]
         self.scorers = ActorGroup(

@@ -85,6 +85,9 @@ def async_needs_off_policy_correction(cfg: RunConfig) -> Optional[str]:
     if cfg.trainer.mode == "async" and cfg.algorithm.off_policy.name == "none":
         return ("trainer.mode=async trains on samples from older weights: set algorithm.off_policy.name to "
                 "tis, seq_mask or icepop (truncated importance sampling against the sampler's logprobs)")
+    if cfg.rollout.partial_rollouts and cfg.trainer.mode != "async":
+        return ("rollout.partial_rollouts=true needs trainer.mode=async: in sync mode weights are pushed only "
+                "while the rollout workers are idle")
     if cfg.trainer.mode == "async" and cfg.buffer.max_staleness < 0:
         return f"buffer.max_staleness={cfg.buffer.max_staleness} must be >= 0 (0 makes async mode run exactly like sync)"
     return None

@@ -8,6 +8,7 @@ against `engine.weights_dir`, the directory holding the weights the engine curre
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 
@@ -238,6 +239,46 @@ def test_weight_update_loads_exactly_the_new_weights(engine, sender, tiny_model_
     seqs, lens = [s.prompt_ids + s.response_ids for s in samples], [len(s.prompt_ids) for s in samples]
     assert max_abs_diff(w.score_logprobs(seqs, lens), hf_logprobs(engine.weights_dir, seqs, lens)) < TOL
     assert {s.policy_version for s in samples} == {2}
+
+
+def test_weights_loaded_mid_generation_continue_the_same_requests(engine, sender, tiny_model_dir, tmp_path):
+    """Partial rollouts: a weight load between two engine steps of a generation in progress. The
+    requests keep the tokens they had (sampled by the old weights, stamped with the old version) and
+    go on with the new weights (stamped with the new version); a sample's version is its oldest."""
+    w, old_dir, old = engine.worker, engine.weights_dir, engine.worker.version
+    forced = {"max_new_tokens": 200, "ignore_eos": True}  # long enough to span the load (EOS not masked)
+    sender.prepare(Path(tiny_model_dir), seed=3, scale=0.05, bucket_bytes=BUCKET_BYTES)  # ready to send
+    groups: list = []
+    gen = threading.Thread(target=lambda: groups.extend(w.generate_stream(prompts(4), 4, forced)))
+    gen.start()
+    deadline = time.monotonic() + 60
+    while w.health()["unfinished_requests"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    sender.start_broadcast()
+    w.receive_weights(old + 1)  # waits for the engine between two steps of the generation
+    sender.wait()
+    engine.weights_dir = write_model_dir(tiny_model_dir, perturbed(load_checkpoint(tiny_model_dir), 3, 0.05),
+                                         tmp_path / "mid")
+    gen.join(timeout=120)
+    assert not gen.is_alive() and len(groups) == 4
+    samples = [s for g in groups for s in g.samples]
+    for s in samples:
+        assert len(s.token_versions) == len(s.response_ids) == 200
+        cut = s.token_versions.index(old + 1)  # the load landed mid-generation ...
+        assert 0 < cut < 200
+        assert s.token_versions == [old] * cut + [old + 1] * (200 - cut)  # ... once, for every request
+        assert s.policy_version == old
+    # the kept tokens were sampled by the old weights, exactly
+    seqs, lens = [s.prompt_ids + s.response_ids for s in samples], [len(s.prompt_ids) for s in samples]
+    ref_old = hf_logprobs(old_dir, seqs, lens, 1.0)
+    cuts = [s.token_versions.index(old + 1) for s in samples]
+    assert max_abs_diff([s.logprobs[:c] for s, c in zip(samples, cuts)], [r[:c] for r, c in zip(ref_old, cuts)]) < TOL
+    # the rest by the new ones (their KV prefix is the old weights', so compare with the old weights: far off)
+    assert max_abs_diff([s.logprobs[c:] for s, c in zip(samples, cuts)], [r[c:] for r, c in zip(ref_old, cuts)]) > 1e-2
+    # the next generation starts from a clean prefix cache and samples the new weights only
+    after = w.generate(prompts(2), 2)
+    assert {v for g in after for s in g.samples for v in s.token_versions} == {old + 1}
+    assert sampler_vs_hf(engine.weights_dir, after, 1.0) < TOL
 
 
 def test_the_learners_sender_drives_the_worker(engine, tiny_model_dir, tmp_path):

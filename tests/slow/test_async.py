@@ -60,6 +60,31 @@ def test_async_overlaps_generation_and_corrects_for_the_lag(tmp_path):
     assert len(ids) == len(set(ids)) == 4 * 8
 
 
+def test_partial_rollouts_load_weights_mid_generation(tmp_path):
+    """A push reaches each worker between two engine steps of the generation in progress: the samples
+    it was producing keep their tokens and carry two versions; the bound, the correction and the
+    weights (probe-checked every step) hold as in the default mode; every prompt trained once."""
+    rows = train_rows(run_dir := train(config(
+        tmp_path, "partial", "trainer.total_steps=4", "trainer.mode=async", "buffer.max_staleness=1",
+        "rollout.partial_rollouts=true", "weight_sync.verify_every=1", "logging.dump_samples_every=1",
+        # generation long next to the tiny model's learning step, so each push lands mid-generation
+        "rollout.sampling.max_new_tokens=192", "rollout.sampling.min_new_tokens=192", "rollout.max_model_len=224")))
+    assert [r["version"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["staleness/partial_samples"] == 0  # step 1 is generated when it asks, with v0 only
+    assert sum(r["staleness/partial_samples"] for r in rows[1:]) > 0
+    for r in rows:
+        assert r["staleness/max"] <= 1 and r["sync/probe_max_abs_diff"] <= 1e-4
+    for step, r in enumerate(rows, start=1):
+        for line in (run_dir / "samples" / f"step_{step:06d}.jsonl").read_text().splitlines():
+            spans = json.loads(line)["version_spans"]
+            assert spans[0][1] == 0 and spans[-1][2] == 192  # every token stamped ...
+            assert all(a[2] == b[1] and b[0] == a[0] + 1 for a, b in zip(spans, spans[1:]))  # ... in order
+            assert json.loads(line)["policy_version"] == spans[0][0] >= step - 2  # the oldest token's, within the bound
+    assert any(r["staleness/token_mean"] < r["staleness/mean"] for r in rows[1:])  # fresher tokens than samples
+    ids = [i for r in rows for i in r["prompt_ids"]]
+    assert len(ids) == len(set(ids)) == 4 * 8
+
+
 # long enough generations (~0.5 s a step) that the kill lands while the run is still going
 KILLED = ["trainer.total_steps=6", "trainer.mode=async", "buffer.max_staleness=1", "checkpoint.every=2",
           "checkpoint.keep_last=3", "rollout.sampling.max_new_tokens=64", "rollout.sampling.min_new_tokens=64",

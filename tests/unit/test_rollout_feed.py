@@ -1,5 +1,6 @@
 """The async feed without Ray: what is issued when, staleness, and exactly-once across a checkpoint."""
 
+import collections
 import types
 
 import pytest
@@ -8,6 +9,8 @@ from actors.buffer import GroupBuffer
 from actors.types import Group, Sample
 from cluster.config import load_config
 from cluster.data import PromptStream
+from actors.rollout import token_versions
+from cluster.metrics import version_spans
 from cluster.rollout_feed import RolloutFeed, staleness_metrics
 
 pytestmark = pytest.mark.unit
@@ -56,7 +59,8 @@ def test_depth_one_issues_the_next_step_with_the_weights_the_workers_hold():
     run.rollout.version = 1  # the weight push after step 1
     g2, stale = feed.take(2, version=1, timing={})
     assert [g.prompt_id for g in g2] == ["p4", "p5", "p6", "p7"]
-    assert stale == {"staleness/mean": 1.0, "staleness/max": 1.0, "staleness/samples_lag_1": 8.0}
+    assert stale == {"staleness/mean": 1.0, "staleness/max": 1.0, "staleness/samples_lag_1": 8.0,
+                     "staleness/partial_samples": 0.0}
     feed.start_ahead(2, last_step=2)  # never past the last step
     assert len(run.rollout.calls) == 2
     feed.close()
@@ -111,4 +115,24 @@ def test_staleness_metrics_counts_trained_samples_only():
     g = Group("a", [s(3), s(2), s(1)], kept=[0, 2])
     m = staleness_metrics([g], version=3)
     assert m == {"staleness/mean": 1.0, "staleness/max": 2.0, "staleness/samples_lag_0": 1.0,
-                 "staleness/samples_lag_2": 1.0}
+                 "staleness/samples_lag_2": 1.0, "staleness/partial_samples": 0.0}
+
+
+def test_partial_samples_are_as_stale_as_their_oldest_token():
+    def s(versions):
+        return Sample("a", "q", [1], "a", [2] * len(versions), [-0.1] * len(versions), "stop", min(versions),
+                      token_versions=versions)
+
+    g = Group("a", [s([4, 4, 5, 5]), s([5, 5])])  # the first sample saw a weight load mid-generation
+    m = staleness_metrics([g], version=5)
+    assert m["staleness/max"] == 1.0 and m["staleness/samples_lag_1"] == 1.0 and m["staleness/samples_lag_0"] == 1.0
+    assert m["staleness/token_mean"] == pytest.approx(2 / 6)  # tokens: two of lag 1, four of lag 0
+    assert m["staleness/partial_samples"] == 1.0
+
+
+def test_token_versions_from_engine_spans():
+    span = collections.namedtuple("span", "version start end")
+    assert token_versions([span("3", 0, 2), span("4", 2, 5)], 5, current=9) == [3, 3, 4, 4, 4]
+    assert token_versions(None, 3, current=7) == [7, 7, 7]  # no label reported: the worker's version
+    assert token_versions([], 0, current=7) == []
+    assert version_spans([3, 3, 4, 4, 4]) == [[3, 0, 2], [4, 2, 5]] and version_spans([]) == []
