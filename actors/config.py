@@ -53,6 +53,9 @@ class RewardConfig:
     functions: list[RewardSpec] = field(default_factory=list)  # weighted sum; each component logged
     num_scorers: int = 1
     timeout_s: float = 10.0  # per reward function call; a timeout scores 0 and is counted
+    # a scorer that dies, or does not return a group within its bound (calls x timeout_s, see
+    # cluster/rollout_pool.py), is replaced and the group re-scored; more replacements stop the run
+    max_restarts: int = 3
     cpus_per_scorer: float = 0.0
     model_path: Optional[str] = None  # sequence-classification reward model, scored on its own actor
     model_weight: float = 1.0  # weight of the model's score (component "model") in the reward

@@ -70,17 +70,18 @@ class ActorGroup:
         )
         return self._remote_cls.options(**opts).remote(*args, **kwargs)
 
-    def replace(self, i: int, error: str, max_failures: int) -> Any:
-        """Actor i died: start a new one in its placement-group bundle (same constructor arguments).
-        More than `max_failures` replacements in this group stop the run with a report of every death."""
+    def replace(self, i: int, error: str, max_failures: int, knob: str) -> Any:
+        """Actor i died (or hung): kill what is left of it and start a new one in its placement-group
+        bundle (same constructor arguments). More than `max_failures` replacements in this group stop
+        the run with a report of every death; `knob` names the setting that allows more."""
         self.failures.append((time.time(), i, error))
         if len(self.failures) > max_failures:
             report = "; ".join(f"{self.spec.name}[{j}] at {time.strftime('%H:%M:%S', time.localtime(t))}: {e}"
                                for t, j, e in self.failures)
             raise RuntimeError(f"{self.spec.name}: {len(self.failures)} actor deaths, more than the "
-                               f"{max_failures} allowed (rollout.max_restarts): {report}")
+                               f"{max_failures} allowed ({knob}): {report}")
         try:
-            ray.kill(self.actors[i])
+            ray.kill(self.actors[i], no_restart=True)
         except Exception:  # already gone
             pass
         self.actors[i] = self._start(i)

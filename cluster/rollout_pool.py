@@ -2,13 +2,21 @@
 
 Prompts are split across the rollout workers; each worker streams groups back as soon as all n
 completions of a prompt are done (a Ray streaming generator), and each group goes straight to a
-reward scorer while the others are still generating. The caller receives scored groups in the
-order they finish, never waiting for the slowest prompt of the batch to see the others.
+reward scorer (then, if configured, to the reward model) while the others are still generating.
+The caller receives scored groups in the order they finish, never waiting for the slowest prompt of
+the batch to see the others.
+
+Faults. A rollout worker that dies is replaced, brought to the current weights, and given the
+prompts it had not delivered. A reward scorer (or the reward model) that dies, or a rule scorer
+that returns nothing for longer than one group's bound (reward/scorer.py `group_seconds_bound`,
+plus SCORER_SLACK_S) while it has groups outstanding, is killed, replaced, and every group it held
+is scored again from the generated samples. Either way each prompt yields exactly one scored group;
+more than rollout.max_restarts / reward.max_restarts replacements stop the run with a report.
 """
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import logging
 import os
 import time
@@ -18,12 +26,26 @@ import ray
 
 from actors.config import RewardConfig, RolloutConfig
 from actors.reward.model_rm import ModelRewardScorer
-from actors.reward.scorer import RewardScorer
+from actors.reward.scorer import RewardScorer, group_seconds_bound
 from actors.rollout import RolloutWorker
 from actors.types import Group
 from cluster.actor_group import ActorCallTimeout, ActorGroup, GroupSpec
 
 log = logging.getLogger("relayrl")
+
+SCORER_SLACK_S = 10.0  # beyond a group's worst-case scoring time before a silent scorer counts as hung
+
+
+@dataclasses.dataclass
+class Scoring:
+    """A group on its way through a scoring stage: `given` is what that stage was sent (kept in the
+    driver, so a failed stage is simply sent again), `actor` the handle of actors[index]."""
+
+    given: Group
+    actors: ActorGroup
+    index: int
+    actor: Any
+    sent: float
 
 
 def rollout_env() -> dict[str, str]:
@@ -52,7 +74,8 @@ class RolloutPool:
             args_for=lambda i: ((specs,), {"timeout_s": reward.timeout_s}),
             max_concurrency=4,  # scoring is I/O- or subprocess-bound: overlap several groups per actor
         )
-        self._scorer_cycle = itertools.cycle(self.scorers.actors)
+        self._next_scorer = 0
+        self._scorer_bound_s = group_seconds_bound(rollout.n, len(reward.functions), reward.timeout_s) + SCORER_SLACK_S
         # set by the weight-sync owner: re-forms the sync group and pushes the current weights to
         # replaced workers (probe-verified) before they sample
         self.on_replaced: Optional[Callable[[list[int]], None]] = None
@@ -84,18 +107,33 @@ class RolloutPool:
 
     def _scored(self, streams: dict, chunks: dict[int, list], n: int, sampling: Optional[dict[str, Any]],
                 timeout_s: float) -> Iterator[Group]:
-        scoring: dict[ray.ObjectRef, str] = {}
+        scoring: dict[ray.ObjectRef, Scoring] = {}
         fetched: dict[int, set[str]] = {i: set() for i in chunks}  # prompt ids each worker has delivered
+        last_done: dict[int, float] = {}  # id(scorer handle) -> when it last returned a group
         deadline = time.monotonic() + timeout_s
         while streams or scoring:
-            ready, _ = ray.wait([*streams, *scoring], num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            wait_s = min(deadline, self._first_overdue(scoring, last_done)) - time.monotonic()
+            ready, _ = ray.wait([*streams, *scoring], num_returns=1, timeout=max(0.0, wait_s))
             if not ready:
-                late = sorted({f"rollout[{i}]" for i in streams.values()} | set(scoring.values()))
+                if self._replace_hung(scoring, last_done):
+                    continue
+                late = sorted({f"rollout[{i}]" for i in streams.values()} | {f"{c.actors.spec.name}[{c.index}]"
+                                                                               for c in scoring.values()})
                 raise ActorCallTimeout(f"rollout: no group within {timeout_s:.0f}s from {', '.join(late)}")
             for r in ready:
-                if r not in streams:
-                    del scoring[r]
-                    yield ray.get(r)
+                if r in scoring:
+                    stage = scoring.pop(r)
+                    try:
+                        group = ray.get(r)
+                    except ray.exceptions.RayActorError as e:
+                        self._replace_scorer(stage, _first_line(e), scoring)
+                        scoring[self._send(stage.actors, stage.index, stage.given)] = stage
+                        continue
+                    last_done[id(stage.actor)] = time.monotonic()
+                    if stage.actors is self.scorers and self.reward_model is not None:
+                        scoring[self._send(self.reward_model, 0, group)] = self._stage(self.reward_model, 0, group)
+                    else:
+                        yield group
                     continue
                 i = streams[r]
                 try:
@@ -106,21 +144,55 @@ class RolloutPool:
                 except ray.exceptions.RayActorError as e:
                     del streams[r]
                     lost = [p for p in chunks[i] if p["prompt_id"] not in fetched[i]]
-                    self.replace_worker(i, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                    self.replace_worker(i, _first_line(e))
                     chunks[i], fetched[i] = lost, set()
                     if lost:  # re-issued to the replacement, which now holds the current weights
                         streams[self._stream(i, lost, n, sampling)] = i
                     continue
                 fetched[i].add(group.prompt_id)
-                scored = next(self._scorer_cycle).score_group.remote(group)
-                if self.reward_model is not None:
-                    scored = self.reward_model.actors[0].score_group.remote(scored, self.reward_cfg.model_weight)
-                scoring[scored] = "reward scorer"
+                k = self._next_scorer % len(self.scorers)
+                self._next_scorer += 1
+                scoring[self._send(self.scorers, k, group)] = self._stage(self.scorers, k, group)
+
+    # ---- scoring stages -------------------------------------------------------------------------
+    def _stage(self, actors: ActorGroup, i: int, given: Group) -> Scoring:
+        return Scoring(given, actors, i, actors.actors[i], time.monotonic())
+
+    def _send(self, actors: ActorGroup, i: int, group: Group) -> ray.ObjectRef:
+        if actors is self.reward_model:
+            return actors.actors[i].score_group.remote(group, self.reward_cfg.model_weight)
+        return actors.actors[i].score_group.remote(group)
+
+    def _first_overdue(self, scoring: dict[ray.ObjectRef, Scoring], last_done: dict[int, float]) -> float:
+        """When the earliest rule-scoring stage becomes overdue (its scorer silent past the bound)."""
+        return min((max(c.sent, last_done.get(id(c.actor), 0.0)) + self._scorer_bound_s
+                    for c in scoring.values() if c.actors is self.scorers), default=float("inf"))
+
+    def _replace_hung(self, scoring: dict[ray.ObjectRef, Scoring], last_done: dict[int, float]) -> bool:
+        """Replace every rule scorer overdue now and re-send what it held; False if none was overdue."""
+        now, hung = time.monotonic(), False
+        for r, c in list(scoring.items()):
+            if c.actors is self.scorers and now >= max(c.sent, last_done.get(id(c.actor), 0.0)) + self._scorer_bound_s:
+                hung = True
+                self._replace_scorer(c, f"no group back within {self._scorer_bound_s:.0f}s", scoring)
+        return hung
+
+    def _replace_scorer(self, failed: Scoring, error: str, scoring: dict[ray.ObjectRef, Scoring]) -> None:
+        """The actor behind `failed` died or hung: replace it (once) and re-send every group it held."""
+        actors, i = failed.actors, failed.index
+        if actors.actors[i] is failed.actor:  # not replaced yet by an earlier failure of the same actor
+            knob = "reward.max_restarts"
+            log.warning("%s[%d] failed (%s): replacing it and scoring its groups again", actors.spec.name, i, error)
+            actors.replace(i, error, self.reward_cfg.max_restarts, knob)
+        for r, c in list(scoring.items()):
+            if c.actors is actors and c.index == i and c.actor is failed.actor:
+                del scoring[r]
+                scoring[self._send(actors, i, c.given)] = self._stage(actors, i, c.given)
 
     def replace_worker(self, i: int, error: str) -> None:
         """Start a new rollout worker in place of dead worker i and bring it to the learner's weights."""
         log.warning("rollout[%d] died (%s): replacing it", i, error)
-        self.workers.replace(i, error, self.rollout_cfg.max_restarts)
+        self.workers.replace(i, error, self.rollout_cfg.max_restarts, "rollout.max_restarts")
         if self.on_replaced is not None:
             self.on_replaced([i])
 
@@ -138,6 +210,10 @@ class RolloutPool:
     def restarts(self) -> int:
         return len(self.workers.failures)
 
+    @property
+    def scorer_restarts(self) -> int:
+        return len(self.scorers.failures) + (len(self.reward_model.failures) if self.reward_model is not None else 0)
+
     # ---- weights --------------------------------------------------------------------------------
     def rank_offsets(self) -> list[int]:
         """Rank of each worker's first engine rank in the weight-sync group (learner rank 0 is rank 0)."""
@@ -152,3 +228,7 @@ class RolloutPool:
         self.scorers.shutdown(method=None)
         if self.reward_model is not None:
             self.reward_model.shutdown(method=None)
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"

@@ -85,6 +85,7 @@ def train(cfg: RunConfig) -> Path:
             metrics = {**rollout_stats(groups, run.eval_component, run.eval_threshold), **learn, **sync,
                        **staleness, **buffer.metrics(), "version": state.version,
                        "rollout/worker_restarts": float(run.rollout.restarts),
+                       "reward/scorer_restarts": float(run.rollout.scorer_restarts),
                        "prompt_ids": [g.prompt_id for g in groups]}  # the exactly-once ledger, in metrics.jsonl
             if every(cfg.logging.dump_samples_every, step):
                 logger.dump_samples(step, groups)

@@ -67,7 +67,8 @@ class WeightSync:
                 ray.wait(learner_refs, num_returns=len(learner_refs), timeout=self.cfg.timeout_s)
                 for i in dead:
                     log.warning("rollout[%d] died before the weight push of v%d: replacing it", i, version)
-                    self.rollout.workers.replace(i, "died before a weight push", self.rollout.rollout_cfg.max_restarts)
+                    self.rollout.workers.replace(i, "died before a weight push", self.rollout.rollout_cfg.max_restarts,
+                                                "rollout.max_restarts")
                 self.setup()
                 out = self.push(version)
                 if self.probe is not None:

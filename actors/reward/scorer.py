@@ -32,10 +32,18 @@ from actors.reward.spec import RewardSpec
 from actors.types import Group, Sample
 
 MAX_ERROR_CHARS = 200
+THREADS = 4  # reward-function calls a scorer runs at once per score() call
+
+
+def group_seconds_bound(samples: int, functions: int, timeout_s: float, threads: int = THREADS) -> float:
+    """The longest one score() call over `samples` samples can take: its calls run `threads` at a
+    time and each is abandoned at `timeout_s`. A scorer silent for longer than this (plus slack) with
+    work outstanding is hung, not slow."""
+    return math.ceil(samples * max(1, functions) / threads) * timeout_s
 
 
 class RewardScorer:
-    def __init__(self, specs: Iterable[Any], timeout_s: float = 10.0, max_workers: int = 4):
+    def __init__(self, specs: Iterable[Any], timeout_s: float = 10.0, max_workers: int = THREADS):
         if timeout_s <= 0 or max_workers < 1:
             raise ValueError(f"need timeout_s > 0 and max_workers >= 1, got {timeout_s}, {max_workers}")
         self.timeout_s, self.max_workers = float(timeout_s), int(max_workers)

@@ -1,6 +1,7 @@
 """Faults injected into real runs on the tiny model: a rollout worker SIGKILLed mid-generation is
-replaced, brought to the current weights (probe-verified) and given the lost prompts; every prompt
-of every step is trained exactly once."""
+replaced, brought to the current weights (probe-verified) and given the lost prompts; a reward
+scorer SIGKILLed or frozen (SIGSTOP: alive but silent) is replaced and its groups scored again;
+every prompt of every step is trained exactly once."""
 
 import os
 import signal
@@ -31,8 +32,8 @@ PHASES = {
 }
 
 
-def rollout_worker_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ray::RolloutWorker"], capture_output=True, text=True).stdout
+def actor_pids(cls: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"ray::{cls}"], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
 
@@ -57,7 +58,7 @@ def test_rollout_worker_killed_is_replaced_and_nothing_is_lost(tmp_path, phase):
     try:
         wait_for_step(run_dir, 2, proc)
         time.sleep(0.3)  # step 3 is under way: generating (long generations) or learning (long learning)
-        victims = rollout_worker_pids()
+        victims = actor_pids("RolloutWorker")
         assert len(victims) == 1
         os.kill(victims[0], signal.SIGKILL)
         out, _ = proc.communicate(timeout=600)
@@ -71,9 +72,40 @@ def test_rollout_worker_killed_is_replaced_and_nothing_is_lost(tmp_path, phase):
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert rows[-1]["rollout/worker_restarts"] == 1
     assert all(r["sync/probe_max_abs_diff"] <= 1e-4 for r in rows)  # the replacement holds the learner's weights
+    assert_every_prompt_trained_once(rows, over, tmp_path)
+
+
+def assert_every_prompt_trained_once(rows: list[dict], over: list[str], tmp_path: Path) -> None:
     assert all(r["rollout/samples"] == B * N for r in rows)
     cfg = load_config("configs/demo_grpo.yaml", over)
     prompts = load_prompts(cfg.data.train_files, prompt_format_from_config(cfg.data),
                            AutoTokenizer.from_pretrained(f"{tmp_path}/model"))
     expected = [p["prompt_id"] for p in PromptStream(prompts, cfg.data.seed, cfg.data.shuffle).take(STEPS * B)]
     assert [i for r in rows for i in r["prompt_ids"]] == expected  # none lost, none twice
+
+
+# SIGKILL: the scorer's calls fail at once. SIGSTOP: it neither answers nor dies; after one group's
+# bound (16 calls / 4 threads x reward.timeout_s 1 s + 10 s slack = 14 s) it is killed and replaced.
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
+def test_reward_scorer_killed_or_frozen_is_replaced_and_its_groups_rescored(tmp_path, fault):
+    run_dir = tmp_path / "run"
+    over = [f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *OVERRIDES, "reward.timeout_s=1",
+            "rollout.sampling.max_new_tokens=64", "rollout.sampling.min_new_tokens=64"]
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("relayrl")), "train", "configs/demo_grpo.yaml", *over],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for_step(run_dir, 2, proc)
+        victims = actor_pids("RewardScorer")
+        assert len(victims) == 1
+        os.kill(victims[0], getattr(signal, fault))  # step 3 is generating: its groups will reach a dead scorer
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-3000:]
+    assert "reward[0] failed" in out
+    rows = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert rows[-1]["reward/scorer_restarts"] == 1 and rows[-1]["rollout/worker_restarts"] == 0
+    assert all(r["reward/errors"] == 0 and "reward/arithmetic" in r for r in rows)  # every sample really scored
+    assert_every_prompt_trained_once(rows, over, tmp_path)
