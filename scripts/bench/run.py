@@ -79,18 +79,22 @@ def summarize(reps: list[dict]) -> dict:
 
 
 def summarize_async(reps: list[dict]) -> dict:
-    """Sync vs async in the same placement: the async step against the sync run's phases."""
+    """Sync vs async in the same placement: each async variant's step against the sync run's phases."""
     gen = [rep["relayrl"]["phases"]["generate"] for rep in reps]
     learn = [rep["relayrl"]["phases"]["learn"] for rep in reps]
     sync_step = [rep["relayrl"]["step_s"] for rep in reps]
-    async_step = [rep["relayrl_async"]["step_s"] for rep in reps]
-    return {"sync_step_s": spread(sync_step), "async_step_s": spread(async_step),
-            "sync_generate_s": spread(gen), "sync_learn_s": spread(learn),
-            "bound_sum_over_max": spread([(g + l) / max(g, l) for g, l in zip(gen, learn)]),
-            "async_over_max_phase": spread([a / max(g, l) for a, g, l in zip(async_step, gen, learn)]),
-            "samples_per_s_ratio": spread([s / a for s, a in zip(sync_step, async_step)]),
-            "async_phases_s": {k: statistics.median(rep["relayrl_async"]["phases"][k] for rep in reps)
-                               for k in reps[0]["relayrl_async"]["phases"]}}
+    out = {"sync_step_s": spread(sync_step), "sync_generate_s": spread(gen), "sync_learn_s": spread(learn),
+           "bound_sum_over_max": spread([(g + l) / max(g, l) for g, l in zip(gen, learn)])}
+    for side in [s for s in reps[0] if s.startswith("relayrl_async")]:
+        step = [rep[side]["step_s"] for rep in reps]
+        out[side] = {"step_s": spread(step),
+                     "over_max_phase": spread([a / max(g, l) for a, g, l in zip(step, gen, learn)]),
+                     "samples_per_s_ratio": spread([s / a for s, a in zip(sync_step, step)]),
+                     "phases_s": {k: statistics.median(rep[side]["phases"][k] for rep in reps)
+                                  for k in reps[0][side]["phases"]},
+                     "staleness": {k: statistics.median(rep[side].get("staleness", {}).get(k, 0.0) for rep in reps)
+                                   for k in ("mean", "token_mean")}}
+    return out
 
 
 SCALING_SIDES = {"relayrl": "1 worker, 1 rank", "relayrl_w2": "2 workers, 1 rank",
@@ -131,22 +135,30 @@ def report_scaling(name: str, res: dict) -> list[str]:
     return lines
 
 
+ASYNC_SIDES = {"relayrl_async": "async (`trainer.mode=async`, `buffer.max_staleness=1`, TIS)",
+               "relayrl_async_partial": "async + `rollout.partial_rollouts=true`"}
+
+
 def report_async(name: str, res: dict) -> list[str]:
     w, s = WORKLOADS[name], res["summary"]
-    p = s["async_phases_s"]
-    return [f"## {name}: sync vs async, rollout worker pinned to core 0 and learner rank to core 1; {w.prompts} "
-            f"prompts × {w.group} samples, {w.new_tokens} forced new tokens, {res['params']:,}-parameter Qwen3, "
-            f"{res['dtype']} (measured {res.get('date', '?')})", "",
-            "| mode | s / step | samples / s |", "|---|---:|---:|",
-            f"| sync | {fmt(s['sync_step_s'])} | {w.prompts * w.group / s['sync_step_s']['median']:.1f} |",
-            f"| async (`trainer.mode=async`, `buffer.max_staleness=1`, TIS) | {fmt(s['async_step_s'])} | "
-            f"{w.prompts * w.group / s['async_step_s']['median']:.1f} |", "",
-            f"- sync phases: generate {fmt(s['sync_generate_s'])}, learn {fmt(s['sync_learn_s'])}; the bound an "
-            f"overlap can reach, sum / max of the two: {fmt(s['bound_sum_over_max'], '×', 2)}",
-            f"- async step / max(sync generate, sync learn): {fmt(s['async_over_max_phase'], '×', 2)}; async "
-            f"samples/s ÷ sync samples/s: {fmt(s['samples_per_s_ratio'], '×', 2)}",
-            f"- async step by phase (medians, s): waiting for the batch {p['generate']:.2f}, learn {p['learn']:.2f}, "
-            f"weight push (waits for the worker's current generation) {p['sync']:.2f}", ""]
+    sides = [side for side in ASYNC_SIDES if side in s]
+    lines = [f"## {name}: sync vs async, rollout worker pinned to core 0 and learner rank to core 1; {w.prompts} "
+             f"prompts × {w.group} samples, {w.new_tokens} forced new tokens, {res['params']:,}-parameter Qwen3, "
+             f"{res['dtype']} (measured {res.get('date', '?')})", "",
+             "| mode | s / step | samples / s | mean staleness of samples / of tokens |", "|---|---:|---:|---:|",
+             f"| sync | {fmt(s['sync_step_s'])} | {w.prompts * w.group / s['sync_step_s']['median']:.1f} | 0 / 0 |"]
+    for side in sides:
+        a = s[side]
+        lines.append(f"| {ASYNC_SIDES[side]} | {fmt(a['step_s'])} | {w.prompts * w.group / a['step_s']['median']:.1f} | "
+                     f"{a['staleness']['mean']:.2f} / {a['staleness']['token_mean']:.2f} |")
+    lines += ["", f"- sync phases: generate {fmt(s['sync_generate_s'])}, learn {fmt(s['sync_learn_s'])}; the bound an "
+              f"overlap can reach, sum / max of the two: {fmt(s['bound_sum_over_max'], '×', 2)}"]
+    for side in sides:
+        a, p = s[side], s[side]["phases_s"]
+        lines += [f"- {ASYNC_SIDES[side]}: step / max(sync generate, sync learn) {fmt(a['over_max_phase'], '×', 2)}; "
+                  f"samples/s ÷ sync samples/s {fmt(a['samples_per_s_ratio'], '×', 2)}; step by phase (medians, s): "
+                  f"waiting for the batch {p['generate']:.2f}, learn {p['learn']:.2f}, weight push and probe {p['sync']:.2f}"]
+    return lines + [""]
 
 
 def fmt(s: dict, unit: str = "s", digits: int = 3) -> str:

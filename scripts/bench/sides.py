@@ -43,8 +43,10 @@ def relayrl_overrides(w: Workload, run_dir: Path, mode: str = "sync") -> list[st
     if w.split_cores:
         extra += ["rollout.cpu_cores=[0]", "rollout.threads_per_worker=1", "learner.cpu_cores=[1]",
                   "learner.threads_per_rank=1"]
-    if mode == "async":  # one step ahead, truncated IS against the sampler's logprobs
+    if mode.startswith("async"):  # one step ahead, truncated IS against the sampler's logprobs
         extra += ["trainer.mode=async", "buffer.max_staleness=1", "algorithm.off_policy.name=tis"]
+    if mode == "async_partial":  # weights loaded mid-generation
+        extra += ["rollout.partial_rollouts=true"]
     if "w2" in mode:  # two rollout workers, one core each
         extra += ["rollout.num_workers=2"]
     if "k2" in mode:  # two learner ranks (DeepSpeed data parallel), one thread each
@@ -90,8 +92,9 @@ def run_relayrl(w: Workload, mode: str = "sync") -> dict:
     samples = w.prompts * w.group
     tokens = statistics.median(r["rollout/response_tokens"] for r in measured)
     step = statistics.median(walls)
+    staleness = {k: statistics.median(r.get(f"staleness/{k}", 0.0) for r in measured) for k in ("mean", "token_mean")}
     return {"step_s": step, "phases": phases, "inside": inner, "samples_per_s": samples / step,
-            "tokens_per_s": tokens / step,
+            "tokens_per_s": tokens / step, "staleness": staleness,
             "startup_to_first_step_s": first["time"] - first["timing/step"] - t0}
 
 
@@ -219,6 +222,6 @@ def run_trl(w: Workload) -> dict:
 if __name__ == "__main__":
     side, name, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     sides = {"relayrl": run_relayrl, "bare": run_bare, "trl": run_trl,
-             **{f"relayrl_{m}": (lambda w, m=m: run_relayrl(w, m)) for m in ("async", "w2", "k2", "w2k2")}}
+             **{f"relayrl_{m}": (lambda w, m=m: run_relayrl(w, m)) for m in ("async", "async_partial", "w2", "k2", "w2k2")}}
     result = sides[side](WORKLOADS[name])
     out.write_text(json.dumps(result))

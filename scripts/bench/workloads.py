@@ -43,7 +43,7 @@ GEN_HEAVY = Workload("gen_heavy", TinyModelSpec(hidden_size=512, num_layers=8, n
 ASYNC_SPLIT = Workload("async_split", TinyModelSpec(hidden_size=384, num_layers=6, num_heads=6, num_kv_heads=2,
                                                    intermediate_size=1024, max_position_embeddings=512),
                        prompts=8, group=8, new_tokens=128, fixed_length=True, dtype="auto", steps=4, warmup=2,
-                       sides=("relayrl", "relayrl_async"), split_cores=True)
+                       sides=("relayrl", "relayrl_async", "relayrl_async_partial"), split_cores=True)
 # the generation-heavy run with 1 and 2 rollout workers x 1 and 2 learner ranks (each takes a core when 2)
 SCALING = dataclasses.replace(GEN_HEAVY, name="scaling", steps=2, warmup=2,
                               sides=("relayrl", "relayrl_w2", "relayrl_k2", "relayrl_w2k2"))
