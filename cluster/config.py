@@ -38,7 +38,10 @@ class DataConfig:
     prompt_template: str = "{prompt}"  # str.format over the row's fields, e.g. "{question}\nAnswer:"
     chat_template: bool = False  # wrap the prompt with the tokenizer's chat template
     system_prompt: Optional[str] = None
-    max_prompt_tokens: int = 256  # longer prompts are an error at load time, naming file and line
+    max_prompt_tokens: int = 256  # longer prompts are bad rows (0: what rollout.max_model_len leaves after max_new_tokens)
+    # rows that cannot become prompts (bad JSON, missing/null/non-text/empty prompt, over max_prompt_tokens):
+    # error: one error at start-up listing them as file:line; skip: drop them, counted and reported at the run's start
+    bad_rows: str = "error"  # error | skip
     shuffle: bool = True
     seed: int = 0
 

@@ -13,7 +13,8 @@ from typing import Any
 from cluster.config import RunConfig, dump_config
 from cluster.dtype import resolve_run_dtypes
 from cluster.logs import quiet_driver, to_console, worker_runtime_env
-from cluster.data import PromptStream, load_prompts, prompt_format_from_config
+from cluster.data import PromptSet, PromptStream, load_prompt_set, prompt_format_from_config
+from cluster.model_check import check_model_dir
 
 
 @dataclasses.dataclass
@@ -61,6 +62,17 @@ def ensure_model(cfg: RunConfig) -> str:
 
         make_tiny_model(path, cfg.model.tiny)
     return str(path)
+
+
+def skipped_rows_notes(run_dir: Path, sets: dict[str, PromptSet]) -> list[str]:
+    """data.bad_rows=skip: a line for the run's start per file set that lost rows; every skipped row
+    (file:line: reason) goes to RUN_DIR/skipped_rows.txt."""
+    skipped = [b for s in sets.values() for b in s.skipped]
+    if not skipped:
+        return []
+    path = run_dir / "skipped_rows.txt"
+    path.write_text("".join(f"{b}\n" for b in skipped))
+    return [f"{note} (all listed in {path})" for label, s in sets.items() if (note := s.skip_note(label))]
 
 
 def split_cores_for_async(cfg: RunConfig) -> str | None:
@@ -115,11 +127,17 @@ def start_run(cfg: RunConfig) -> Run:
     notes.append(f"library and actor logs: {log_dir}/")
     dump_config(cfg, run_dir / ("config.resumed.yaml" if cfg.checkpoint.resume else "config.yaml"))
     model_path = ensure_model(cfg)
+    check_model_dir(model_path, cfg)  # missing or mismatched files: one error saying what to change, no actor started
+    if cfg.reward.model_path:
+        check_model_dir(cfg.reward.model_path, need_safetensors=False, field="reward.model_path")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     ws = cfg.trainer.warm_start
-    fmt = prompt_format_from_config(cfg.data, required=(ws.target_key,) if ws.steps > 0 else ())
-    train_prompts = load_prompts(cfg.data.train_files, fmt, tokenizer)
-    eval_prompts = load_prompts(cfg.data.eval_files, fmt, tokenizer) if cfg.data.eval_files else []
+    fmt = prompt_format_from_config(cfg.data, required=(ws.target_key,) if ws.steps > 0 else (),
+                                    engine_room=cfg.rollout.max_model_len - cfg.rollout.sampling.max_new_tokens)
+    train = load_prompt_set(cfg.data.train_files, fmt, tokenizer)  # bad rows: one error, or skipped and counted
+    evals = load_prompt_set(cfg.data.eval_files, fmt, tokenizer) if cfg.data.eval_files else PromptSet([], [], 0)
+    notes += skipped_rows_notes(run_dir, {"data.train_files": train, "data.eval_files": evals})
+    train_prompts, eval_prompts = train.prompts, evals.prompts
     stream = PromptStream(train_prompts, cfg.data.seed, cfg.data.shuffle)
 
     start_ray(cfg, run_dir)

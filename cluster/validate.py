@@ -127,6 +127,7 @@ def enum_values(cfg: RunConfig) -> Optional[str]:
         ("learner.optimizer.schedule", cfg.learner.optimizer.schedule, {"constant", "linear", "cosine"}),
         ("weight_sync.backend", cfg.weight_sync.backend, {"auto", "gloo", "nccl"}),
         ("buffer.gfpo.metric", cfg.buffer.gfpo.metric, {"length", "reward_per_token"}),
+        ("data.bad_rows", cfg.data.bad_rows, {"error", "skip"}),
     ]
     bad = [f"{k}={v!r} (valid: {', '.join(map(str, sorted(ok, key=str)))})" for k, v, ok in allowed if v not in ok]
     return ("invalid values: " + "; ".join(bad)) if bad else None
