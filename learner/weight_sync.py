@@ -29,9 +29,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import socket
 import time
 from datetime import timedelta
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 
@@ -82,13 +83,31 @@ def split_flat(flat: torch.Tensor, manifest: Sequence[ManifestEntry], bucket: Se
     return out
 
 
-def init_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
+def listen_socket(host: str, port: int = 0) -> socket.socket:
+    """A TCP socket listening on `host` alone (port 0: a free one), for a torch TCP store to serve
+    from. Left to bind by itself, a TCPStore server listens on every interface whatever host it is
+    given; handed this socket (master_listen_fd) it listens where the socket does."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+        sock.listen()
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def init_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float,
+               listen: Optional[socket.socket] = None):
     """Join the weight-sync process group (vLLM's stateless group: it leaves torch.distributed's
-    default group — the learner's own DeepSpeed group — untouched)."""
+    default group — the learner's own DeepSpeed group — untouched). Group rank 0 serves the group's
+    TCP store from `listen` (or a socket it binds to host:port), so the store listens on host only."""
     from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
+    if rank == 0 and listen is None:
+        listen = listen_socket(host, port)
     return stateless_init_torch_distributed_process_group(
-        host, port, rank, world_size, backend, timeout=timedelta(seconds=timeout_s))
+        host, port, rank, world_size, backend, timeout=timedelta(seconds=timeout_s), listen_socket=listen)
 
 
 def full_shape(t: torch.Tensor) -> list[int]:
@@ -165,9 +184,11 @@ class WeightSender:
         self.buckets = plan_buckets(layout.manifest, bucket_bytes)
         self.group = None
 
-    def connect(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
+    def connect(self, host: str, port: int, world_size: int, backend: str, timeout_s: float,
+                listen: Optional[socket.socket] = None) -> None:
+        """Rank 0 hosts the group (from `listen`, if it already holds host:port) and joins as rank 0."""
         if self.rank == 0:
-            self.group = init_group(host, port, 0, world_size, backend, timeout_s)
+            self.group = init_group(host, port, 0, world_size, backend, timeout_s, listen)
 
     def broadcast(self, max_in_flight: int = 2) -> dict[str, float]:
         """Send every bucket (collective over the learner ranks under ZeRO-3). Returns bytes/seconds."""
