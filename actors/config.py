@@ -10,6 +10,7 @@ from dataclasses import field
 from typing import Any, Optional
 
 from actors.reward.spec import RewardSpec
+from learner.config import one_of
 
 
 @dataclasses.dataclass
@@ -20,6 +21,21 @@ class SamplingConfig:
     max_new_tokens: int = 64
     min_new_tokens: int = 0  # EOS is suppressed until this many tokens (= max_new_tokens: fixed-length benchmarks)
     stop: list[str] = field(default_factory=list)
+
+
+@dataclasses.dataclass
+class AutoscaleConfig:
+    """Between steps, the driver adds a rollout worker while the learner waits on rollouts for more
+    than `add_above` of the step, and removes one while finished groups pile up unused (the learner
+    waited less than `remove_below` of the step and the workers sat idle more than half of it);
+    each over `patience` steps in a row, then as many steps of cool-down. Each decision is logged."""
+
+    enabled: bool = False
+    min_workers: int = 1
+    max_workers: int = 1
+    add_above: float = 0.3
+    remove_below: float = 0.05
+    patience: int = 2
 
 
 @dataclasses.dataclass
@@ -37,13 +53,14 @@ class RolloutConfig:
     kv_cache_gib: float = 0.25  # explicit KV-cache size (on CPU vLLM otherwise takes a share of host RAM)
     gpu_memory_utilization: float = 0.85  # GPU only
     enforce_eager: bool = True
-    dtype: str = ""  # "" = the model's dtype from model.dtype
+    dtype: str = one_of("", "float32", "bfloat16", default="")  # "" = the model's dtype from model.dtype
     seed: int = 0
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 0  # 0 = all cores of the machine / worker count
     # CPU: worker i is pinned to the i-th block of threads_per_worker cores of this list;
     # [] = split the process's allowed cores when num_workers > 1 (one worker is not pinned)
     cpu_cores: list[int] = field(default_factory=list)
+    autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)  # `relayrl scale` works without it
     record_routed_experts: bool = False  # MoE routing replay (see DESIGN.md)
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM as is
 
@@ -66,7 +83,7 @@ class RewardConfig:
 class GFPOConfig:
     enabled: bool = False
     keep: int = 4  # k of the n = rollout.n samples are trained on
-    metric: str = "length"  # length | reward_per_token
+    metric: str = one_of("length", "reward_per_token", default="length")
 
 
 @dataclasses.dataclass

@@ -21,6 +21,14 @@ class ActorCallTimeout(TimeoutError):
     """A batched call did not finish in time; the message names the actors that did not answer."""
 
 
+class ActorLost(RuntimeError):
+    """An actor died during a batched call; `name` is the dead one, e.g. "learner[1]"."""
+
+    def __init__(self, name: str, what: str, error: BaseException):
+        super().__init__(f"{name} died during {what}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+        self.name = name
+
+
 @dataclasses.dataclass
 class GroupSpec:
     name: str  # e.g. "learner", "rollout", "reward"
@@ -34,7 +42,9 @@ class GroupSpec:
 class ActorGroup:
     """N actors of one class, one placement-group bundle each, with batched (async) calls.
 
-    `args_for(i)` gives actor i's constructor (args, kwargs); every actor gets `spec.env`.
+    `args_for(i)` gives actor i's constructor (args, kwargs); every actor gets `spec.env`. The group
+    can `grow` (new actors in a placement group of their own) and `shrink` (the last ones leave) while
+    a run goes on, and `replace` a dead actor in its own bundle.
     """
 
     def __init__(
@@ -45,26 +55,65 @@ class ActorGroup:
         max_concurrency: int = 1,
     ):
         self.spec = spec
-        bundles = [{"CPU": spec.cpus_per_actor, **({"GPU": spec.gpus_per_actor} if spec.gpus_per_actor else {})}
-                   for _ in range(spec.num_actors)]
-        # Ray rejects empty bundles: a zero-CPU actor still gets a tiny share to pin its bundle.
-        for b in bundles:
-            if not any(b.values()):
-                b["CPU"] = 0.01
-        self.pg = placement_group(bundles, strategy=spec.strategy, name=f"relayrl-{spec.name}-{uuid.uuid4().hex[:8]}")
-        ray.get(self.pg.ready(), timeout=300)
-        self._remote_cls, self._bundles, self._args_for = ray.remote(cls), bundles, args_for
+        self._remote_cls, self._args_for = ray.remote(cls), args_for
         self._max_concurrency = max_concurrency
-        self.actors = [self._start(i) for i in range(spec.num_actors)]
+        self._slots: list[tuple[Any, int]] = []  # actor i's (placement group, bundle index)
+        self.pgs: list[Any] = []
+        self.actors: list[Any] = []
         self.failures: list[tuple[float, int, str]] = []  # (time, actor index, error) of every replaced actor
+        self.grow(spec.num_actors)
+
+    def _bundle(self) -> dict[str, float]:
+        b = {"CPU": self.spec.cpus_per_actor, **({"GPU": self.spec.gpus_per_actor} if self.spec.gpus_per_actor else {})}
+        # Ray rejects empty bundles: a zero-CPU actor still gets a tiny share to pin its bundle.
+        return b if any(b.values()) else {"CPU": 0.01}
+
+    def grow(self, k: int, timeout_s: float = 300.0) -> list[int]:
+        """Place and start k more actors (their own placement group); their indices."""
+        if k <= 0:
+            return []
+        pg = placement_group([self._bundle() for _ in range(k)], strategy=self.spec.strategy,
+                             name=f"relayrl-{self.spec.name}-{uuid.uuid4().hex[:8]}")
+        try:
+            ray.get(pg.ready(), timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(pg)
+            need = {r: v * k for r, v in self._bundle().items()}
+            raise ActorCallTimeout(f"{self.spec.name}: {k} more actor(s) need {need}; the cluster could not place "
+                                   f"them within {timeout_s:.0f}s (free: {ray.available_resources()})") from None
+        self.pgs.append(pg)
+        first = len(self.actors)
+        for j in range(k):
+            self._slots.append((pg, j))
+            self.actors.append(self._start(first + j))
+        return list(range(first, first + k))
+
+    def shrink(self, k: int, method: str | None = "shutdown", timeout: float = 30.0) -> None:
+        """Stop the last k actors (asking them to `method` first) and free their placement."""
+        k = min(k, len(self.actors))
+        if k <= 0:
+            return
+        leaving, self.actors = self.actors[-k:], self.actors[:-k]
+        self._slots = self._slots[:-k]
+        if method:
+            try:
+                ray.get([getattr(a, method).remote() for a in leaving], timeout=timeout)
+            except Exception:  # a dead or stuck actor must not keep the others alive
+                pass
+        for a in leaving:
+            ray.kill(a)
+        for pg in [pg for pg in self.pgs if all(p is not pg for p, _ in self._slots)]:
+            remove_placement_group(pg)
+            self.pgs.remove(pg)
 
     def _start(self, i: int):
         args, kwargs = self._args_for(i)
         env = dict(self.spec.env)
+        pg, bundle = self._slots[i]
         opts = dict(
-            num_cpus=self._bundles[i]["CPU"],
+            num_cpus=self._bundle()["CPU"],
             num_gpus=self.spec.gpus_per_actor,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle),
             runtime_env={"env_vars": env} if env else None,
             max_concurrency=self._max_concurrency,
         )
@@ -100,14 +149,19 @@ class ActorGroup:
             raise ValueError(f"{self.spec.name}: {len(per_actor)} argument sets for {len(self.actors)} actors")
         return [getattr(a, method).remote(*args, **kw) for a, (args, kw) in zip(self.actors, per_actor)]
 
-    def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> list[Any]:
-        return self.wait(self.call_async(method, *args, **kwargs), method, timeout)
+    def call(self, method: str, *args: Any, timeout: float | None = None, knob: str = "", **kwargs: Any) -> list[Any]:
+        return self.wait(self.call_async(method, *args, **kwargs), method, timeout, knob)
 
-    def call_each(self, method: str, per_actor: Sequence[tuple[tuple, dict]], timeout: float | None = None) -> list[Any]:
-        return self.wait(self.call_each_async(method, per_actor), method, timeout)
+    def call_each(self, method: str, per_actor: Sequence[tuple[tuple, dict]], timeout: float | None = None,
+                  knob: str = "") -> list[Any]:
+        return self.wait(self.call_each_async(method, per_actor), method, timeout, knob)
 
-    def wait(self, refs: list[ray.ObjectRef], what: str, timeout: float | None) -> list[Any]:
-        return wait_all(refs, [f"{self.spec.name}[{i}]" for i in range(len(refs))], what, timeout)
+    def wait(self, refs: list[ray.ObjectRef], what: str, timeout: float | None, knob: str = "") -> list[Any]:
+        return wait_all(refs, [f"{self.spec.name}[{i}]" for i in range(len(refs))], what, timeout, knob)
+
+    def build(self, per_actor: Sequence[tuple[tuple, dict]], timeout: float | None = None, knob: str = "") -> list[Any]:
+        """The explicit heavy construction step, after placement: `build(*args, **kw)` on each actor."""
+        return self.call_each("build", per_actor, timeout, knob)
 
     def shutdown(self, method: str | None = "shutdown", timeout: float = 30.0) -> None:
         if method:
@@ -117,7 +171,8 @@ class ActorGroup:
                 pass
         for a in self.actors:
             ray.kill(a)
-        remove_placement_group(self.pg)
+        for pg in self.pgs:
+            remove_placement_group(pg)
 
 
 def wait_all(refs: list[ray.ObjectRef], names: list[str], what: str, timeout: float | None,
@@ -133,5 +188,8 @@ def wait_all(refs: list[ray.ObjectRef], names: list[str], what: str, timeout: fl
             late = ", ".join(names[refs.index(r)] for r in pending)
             hint = f" ({knob})" if knob else ""
             raise ActorCallTimeout(f"{what}: no answer within {timeout:.0f}s from {late}{hint}")
-        ray.get(ready)  # raises that actor's exception now
+        try:
+            ray.get(ready)  # raises that actor's exception now
+        except ray.exceptions.RayActorError as e:
+            raise ActorLost(names[refs.index(ready[0])], what, e) from e
     return ray.get(refs)

@@ -8,6 +8,7 @@ crash mid-write never leaves a corrupt "latest". Only the newest `keep_last` are
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -17,6 +18,25 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+
+
+@dataclasses.dataclass
+class LoopState:
+    """The driver loop's own state, saved in trainer_state.json with the RNG."""
+
+    step: int = 0  # last completed RL step
+    version: int = 0  # policy version the rollout workers hold
+    data: dict[str, int] = dataclasses.field(default_factory=dict)  # the prompt stream's position
+    nonfinite_streak: int = 0  # RL steps in a row that skipped a learner update (cluster/nonfinite.py)
+    nonfinite_skipped: int = 0  # learner updates skipped in the whole run (non-finite loss or gradient)
+
+
+def restore(run: Any, path: Path) -> LoopState:
+    """Load checkpoint `path` into the run's learner and the driver's RNG; its loop state."""
+    saved = Checkpointer.load_state(path)
+    run.learner.load_checkpoint(str(path / "learner"))
+    set_rng_state(saved.pop("rng"))
+    return LoopState(**saved)
 
 
 def rng_state() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
     relayrl train CONFIG [key=value ...]      run (or resume: checkpoint.resume=RUN_DIR) a training job
     relayrl validate CONFIG [key=value ...]   check a config and print it fully resolved
+    relayrl scale RUN_DIR --rollout N         a running job: grow or shrink to N rollout workers between steps
     relayrl plot RUN_DIR                      reward / accuracy curves of a run as a PNG
     relayrl make-tiny-model DIR               build the project's tiny Qwen3 (tokenizer + weights) in DIR
 """
@@ -44,6 +45,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    from cluster.scaling import DONE, request_scale
+
+    try:
+        path = request_scale(args.run_dir, args.rollout)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"relayrl scale: {e}", file=sys.stderr)
+        return 2
+    print(f"asked the run for {args.rollout} rollout worker(s): {path} (taken between two steps; the answer "
+          f"goes to {path.with_name(DONE)} and the run's log)")
+    return 0
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from cluster.tiny_model import TinyModelSpec, make_tiny_model, num_parameters
 
@@ -62,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("config", help="YAML file of overrides over the schema defaults (configs/*.yaml)")
         sp.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. trainer.total_steps=20")
         sp.set_defaults(fn=fn)
+    sp = sub.add_parser("scale", help="grow or shrink a running job's rollout workers (between steps)")
+    sp.add_argument("run_dir")
+    sp.add_argument("--rollout", type=int, required=True, help="rollout workers to run")
+    sp.set_defaults(fn=cmd_scale)
     sp = sub.add_parser("plot", help="write reward/accuracy curves of a run directory as PNG")
     sp.add_argument("run_dir")
     sp.add_argument("--out", default=None)

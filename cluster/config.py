@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from actors.config import BufferConfig, RewardConfig, RolloutConfig
 from cluster.tiny_model import TinyModelSpec
 from learner.algorithms.registry import suggest
-from learner.config import AlgorithmConfig, LearnerConfig
+from learner.config import AlgorithmConfig, LearnerConfig, one_of
 
 
 @dataclasses.dataclass
@@ -26,7 +26,7 @@ class ModelConfig:
     path: str = ""  # a Hugging Face model directory (config, safetensors, tokenizer)
     # auto: bfloat16 where the CPU/GPU computes it natively, else float32 (cluster/dtype.py says why);
     # the default of rollout.dtype and learner.dtype
-    dtype: str = "auto"  # auto | float32 | bfloat16
+    dtype: str = one_of("auto", "float32", "bfloat16", default="auto")
     tiny: Optional[TinyModelSpec] = None  # set: build the project's tiny model at `path` if it is missing
 
 
@@ -41,7 +41,7 @@ class DataConfig:
     max_prompt_tokens: int = 256  # longer prompts are bad rows (0: what rollout.max_model_len leaves after max_new_tokens)
     # rows that cannot become prompts (bad JSON, missing/null/non-text/empty prompt, over max_prompt_tokens):
     # error: one error at start-up listing them as file:line; skip: drop them, counted and reported at the run's start
-    bad_rows: str = "error"  # error | skip
+    bad_rows: str = one_of("error", "skip", default="error")
     shuffle: bool = True
     seed: int = 0
 
@@ -58,7 +58,7 @@ class WarmStartConfig:
 
 @dataclasses.dataclass
 class TrainerConfig:
-    mode: str = "sync"  # sync | async (async needs algorithm.off_policy != none)
+    mode: str = one_of("sync", "async", default="sync")  # async needs algorithm.off_policy != none
     total_steps: int = 10
     prompts_per_step: int = 8  # B groups per step (each rollout.n samples)
     seed: int = 0
@@ -73,7 +73,7 @@ class TrainerConfig:
 
 @dataclasses.dataclass
 class WeightSyncConfig:
-    backend: str = "auto"  # auto (gloo on CPU, nccl on GPU) | gloo | nccl
+    backend: str = one_of("auto", "gloo", "nccl", default="auto")  # auto: gloo on CPU, nccl on GPU
     bucket_mb: float = 64.0
     timeout_s: float = 120.0  # a broadcast not done by then fails, naming who did not answer
     verify_every: int = 0  # probe-logprob check of every rollout worker every N steps (0 = never)
@@ -84,9 +84,15 @@ class WeightSyncConfig:
 
 @dataclasses.dataclass
 class ClusterConfig:
+    """Where a run listens (cluster/network.py): a local cluster, on 127.0.0.1 only; a cluster joined
+    at `address`, on each node's IP as given to `ray start --node-ip-address` (and GLOO_SOCKET_IFNAME /
+    NCCL_SOCKET_IFNAME if set): no bind option here, the cluster's own configuration is the one source."""
+
     address: Optional[str] = None  # Ray address to join; None: RAY_ADDRESS, else a local cluster
-    num_cpus: Optional[int] = None  # local cluster only
-    device: str = "cpu"  # cpu | cuda
+    # local cluster only: its logical CPUs (the actors' reservations must fit); None: the actors' sum or
+    # the machine's core count, whichever is larger (threads are set per actor, so no oversubscription)
+    num_cpus: Optional[int] = None
+    device: str = one_of("cpu", "cuda", default="cpu")
 
 
 @dataclasses.dataclass

@@ -7,32 +7,25 @@ names the ranks that did not answer; a rank that raises surfaces its own error a
 leaving the others to time out.
 
 Start-up is two-phase because the DeepSpeed rendezvous needs facts only known after placement:
-the actors are placed first (no DeepSpeed yet), then rank 0's node IP and a free port there become
-MASTER_ADDR/MASTER_PORT, each rank's LOCAL_RANK is its index among the ranks on its node, and only
-then does every rank build its engine.
+the actors are placed first (ActorGroup; `LearnerRank()` does no work), then rank 0's node IP and a
+port rank 0 already listens on there (and only there) become MASTER_ADDR/MASTER_PORT, each rank's LOCAL_RANK is its index among the ranks
+on its node, and only then does every rank build its engine (`ActorGroup.build`). A rank that dies
+surfaces as `ActorLost` naming it; the trainer then rebuilds the whole group from the latest
+checkpoint (cluster/learner_recovery.py): the survivors are stuck in a collective with the dead.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Optional, Sequence
 
 import ray
 
-from cluster.actor_group import ActorCallTimeout, ActorGroup, GroupSpec
+from cluster.actor_group import ActorGroup, GroupSpec
 from learner.batch import LearnerBatch
 from learner.config import AlgorithmConfig, LearnerConfig
 from learner.rank import LearnerRank
 
-
-class _PlacedRank(LearnerRank):
-    """A LearnerRank whose construction waits until the group knows where every rank landed."""
-
-    def __init__(self):  # noqa: D401 — deliberately empty: see start()
-        pass
-
-    def start(self, *args: Any, **kwargs: Any) -> None:
-        LearnerRank.__init__(self, *args, **kwargs)
+TIMEOUT_KNOB = "learner.call_timeout_s"
 
 
 class LearnerGroup:
@@ -45,7 +38,7 @@ class LearnerGroup:
         if cfg.threads_per_rank:
             env["OMP_NUM_THREADS"] = str(cfg.threads_per_rank)
         self.group = ActorGroup(GroupSpec("learner", K, cfg.cpus_per_rank, cfg.gpus_per_rank, env=env),
-                                _PlacedRank, args_for=lambda i: ((), {}))
+                                LearnerRank, args_for=lambda i: ((), {}))
         try:
             ips = [ip for ip, _ in self._call("node_info")]
             master_addr, master_port = self._wait([self.group.actors[0].weight_sync_address.remote()], "rendezvous")[0]
@@ -53,10 +46,10 @@ class LearnerGroup:
             local_size = [ips.count(ip) for ip in ips]
             if device == "cuda":  # GPU-only: Ray gives each rank its own visible GPU: it is device 0 in every actor
                 local_rank, local_size = [0] * K, [1] * K
-            self._call_each("start", [
+            self.group.build([
                 ((model_path, cfg, algo, i, K, master_addr, master_port, total_steps),
                  {"temperature": temperature, "device": device, "local_rank": local_rank[i], "local_size": local_size[i]})
-                for i in range(K)])
+                for i in range(K)], self.timeout_s, TIMEOUT_KNOB)
         except BaseException:
             self.group.shutdown(method=None)
             raise
@@ -134,8 +127,9 @@ class LearnerGroup:
     def local_param_checksum(self) -> list[float]:
         return self._call("local_param_checksum")
 
-    def shutdown(self) -> None:
-        self.group.shutdown()
+    def shutdown(self, lost: bool = False) -> None:
+        """lost: a rank died, the others may be stuck in a collective with it: kill them, don't ask."""
+        self.group.shutdown(method=None if lost else "shutdown")
 
     # ---- calls ---------------------------------------------------------------------------------------
     def _call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
@@ -144,20 +138,10 @@ class LearnerGroup:
     def _call_each(self, method: str, per_rank: list[tuple[tuple, dict]]) -> list[Any]:
         return self._wait(self.group.call_each_async(method, per_rank), method)
 
-    def _wait(self, refs: list[ray.ObjectRef], what: str, timeout_s: Optional[float] = None) -> list[Any]:
-        """All results, in rank order. A rank's exception is raised as soon as it arrives; on timeout
-        the error names the ranks still running."""
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + timeout_s
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            if not ready:
-                late = ", ".join(f"learner[{refs.index(r)}]" for r in pending)
-                raise ActorCallTimeout(f"learner {what}: no answer within {timeout_s:.0f}s from {late} "
-                                       f"(learner.call_timeout_s)")
-            ray.get(ready)  # raises the rank's own error immediately
-        return ray.get(refs)
+    def _wait(self, refs: list[ray.ObjectRef], what: str) -> list[Any]:
+        """All results, in rank order: a rank's error (ActorLost if it died) as soon as it arrives, and
+        on timeout an error naming the ranks still running."""
+        return self.group.wait(refs, f"learner {what}", self.timeout_s, TIMEOUT_KNOB)
 
 
 def _check_agree(results: list[dict[str, float]], keys: Sequence[str], what: str, rtol: float = 1e-6) -> None:

@@ -83,6 +83,14 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log({f"{kind}/{k}": v for k, v in numeric.items()}, step=step)
 
+    def rewind_to(self, step: int, reason: str) -> "MetricsRewind":
+        """Mid-run: the steps after `step` are being re-done (the learner was rebuilt from that
+        checkpoint); their rows move to metrics.discarded.jsonl with `reason`."""
+        self._jsonl.close()
+        rewound = rewind_metrics(self.run_dir, step, reason)
+        self._jsonl = (self.run_dir / METRICS_FILE).open("a", encoding="utf-8")
+        return rewound
+
     def advance(self, step: int, summary: str) -> None:
         if self._progress is not None:
             self._progress.update(self._task, completed=step, summary=summary)
@@ -135,13 +143,13 @@ class MetricsRewind:
         return text + (f" ({', '.join(extra)} too)" if extra else "") + (f"; moved to {DISCARDED_FILE}" if moved else "")
 
 
-def rewind_metrics(run_dir: str | Path, resume_step: int) -> MetricsRewind:
+def rewind_metrics(run_dir: str | Path, resume_step: int, reason: str = "after_resume_step") -> MetricsRewind:
     """Rewrite RUN_DIR/metrics.jsonl for a run resuming from the checkpoint at `resume_step`.
 
     Kept: rows with step <= resume_step (eval rows at the checkpoint step included) and every
     warm_start row (warm start is not re-done on resume), one per (kind, step): the last one.
     Everything else is appended to metrics.discarded.jsonl as {"resume_step", "reason", "row"|"raw"}
-    (reason: after_resume_step | superseded | invalid) before metrics.jsonl is replaced atomically
+    (reason: `reason` | superseded | invalid) before metrics.jsonl is replaced atomically
     by the kept lines (byte-identical), so a crash at any point loses no row: at worst a repeated
     rewind appends the same discarded rows twice. Idempotent; a missing file is an empty one."""
     run_dir = Path(run_dir)
@@ -159,7 +167,7 @@ def rewind_metrics(run_dir: str | Path, resume_step: int) -> MetricsRewind:
             discarded.append({"resume_step": result.resume_step, "reason": "invalid", "raw": line})
         elif row.get("kind") != "warm_start" and _step(row) is not None and _step(row) > resume_step:
             result.dropped += 1
-            discarded.append({"resume_step": result.resume_step, "reason": "after_resume_step", "row": row})
+            discarded.append({"resume_step": result.resume_step, "reason": reason, "row": row})
         elif _key(row) is not None and last[_key(row)] != i:
             result.superseded += 1
             discarded.append({"resume_step": result.resume_step, "reason": "superseded", "row": row})

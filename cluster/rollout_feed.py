@@ -100,8 +100,15 @@ class RolloutFeed:
         return groups, staleness_metrics(groups, version)
 
     # ---- checkpoints ---------------------------------------------------------------------------------
+    def drain(self) -> None:
+        """Wait until every issued batch is generated and scored (they stay here for their steps):
+        afterwards no rollout worker holds a request of this feed."""
+        for b in self._ahead:
+            b.future.result()
+
     def state(self) -> bytes:
         """The issued-but-untrained batches (waits for them to finish), pickled for a checkpoint."""
+        self.drain()
         return pickle.dumps([(b.step, b.prompts, b.future.result()) for b in self._ahead])
 
     def load_state(self, blob: Optional[bytes]) -> None:

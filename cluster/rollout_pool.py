@@ -33,6 +33,7 @@ from cluster.actor_group import ActorCallTimeout, ActorGroup, GroupSpec
 
 log = logging.getLogger("relayrl")
 
+PLACE_TIMEOUT_S = 60.0  # placing workers added by scaling (the scaler checks free resources first)
 SCORER_SLACK_S = 10.0  # beyond a group's worst-case scoring time before a silent scorer counts as hung
 
 
@@ -195,6 +196,17 @@ class RolloutPool:
         self.workers.replace(i, error, self.rollout_cfg.max_restarts, "rollout.max_restarts")
         if self.on_replaced is not None:
             self.on_replaced([i])
+
+    def scale_to(self, n: int) -> list[int]:
+        """n rollout workers: new ones are placed and started (indices returned; they still need the
+        weights), surplus ones, the last, are shut down. Call only while no generation is in flight."""
+        if n < 1:
+            raise ValueError(f"rollout workers: need at least 1, asked for {n}")
+        have = len(self.workers)
+        if n < have:
+            self.workers.shrink(have - n)
+            return []
+        return self.workers.grow(n - have, timeout_s=PLACE_TIMEOUT_S)
 
     def dead_workers(self, timeout_s: float = 30.0) -> list[int]:
         """Indices of rollout workers that no longer answer (their actor died)."""

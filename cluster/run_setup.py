@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from cluster.config import RunConfig, dump_config
+from cluster.config import ConfigError, RunConfig, dump_config
 from cluster.dtype import resolve_run_dtypes
 from cluster.logs import quiet_driver, to_console, worker_runtime_env
 from cluster.data import PromptSet, PromptStream, load_prompt_set, prompt_format_from_config
 from cluster.model_check import check_model_dir
+from cluster.network import local_ray, loopback_env
+from cluster.resources import demand, shortfall, total
 
 
 @dataclasses.dataclass
@@ -51,7 +54,14 @@ def make_run_dir(cfg: RunConfig) -> Path:
     if cfg.checkpoint.resume:
         return Path(cfg.checkpoint.resume).expanduser()
     path = Path(cfg.logging.run_dir or f"runs/{cfg.logging.name}-{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
+    if created:
+        # Owner-only (0o700, whatever the umask): the run directory holds the config, samples, logs,
+        # checkpoints (weights and optimizer state) and the exported model, and every one of them is
+        # written inside it, by the driver or by the actors. The directory is the gate, so the files keep
+        # the default umask and no process-wide umask is changed. A directory the user made keeps its mode.
+        path.chmod(0o700)
     return path
 
 
@@ -96,25 +106,45 @@ def split_cores_for_async(cfg: RunConfig) -> str | None:
 
 
 def start_ray(cfg: RunConfig, run_dir: Path) -> None:
+    """Join the Ray cluster at cluster.address (or RAY_ADDRESS), or start a local one that listens on
+    loopback only (cluster/network.py); then refuse a topology the cluster cannot hold, before any
+    actor is placed, naming what the actors need and what the cluster has."""
     import ray
 
-    quiet = dict(logging_level=logging.ERROR, runtime_env=worker_runtime_env(run_dir) or None,
-                 log_to_driver=to_console())  # actor output: RUN_DIR/logs/actors.log (cluster/logs.py)
+    runtime_env = worker_runtime_env(run_dir)  # actor output: RUN_DIR/logs/actors.log (cluster/logs.py)
+    quiet = dict(logging_level=logging.ERROR, log_to_driver=to_console())
+    groups = demand(cfg)
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **quiet)
-        return
-    needed = (cfg.learner.num_ranks * cfg.learner.cpus_per_rank + cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
-              + cfg.reward.num_scorers * max(cfg.reward.cpus_per_scorer, 0.01))
-    # Logical CPUs for placement: threads are set explicitly per actor, so this does not oversubscribe.
-    ray.init(num_cpus=max(int(needed + 0.999), cfg.cluster.num_cpus or os.cpu_count() or 1),
-             include_dashboard=False, **quiet)
+        ray.init(address=address, runtime_env=runtime_env or None, **quiet)
+    else:
+        # Logical CPUs for placement: threads are set explicitly per actor, so sizing the cluster to the
+        # actors (above the core count if need be) does not oversubscribe; cluster.num_cpus, if set, is the size.
+        num_cpus = cfg.cluster.num_cpus or max(math.ceil(total(groups, "CPU") - 1e-9), os.cpu_count() or 1)
+        runtime_env = {**runtime_env, "env_vars": {**runtime_env.get("env_vars", {}), **loopback_env()}}
+        with local_ray() as loopback:
+            ray.init(num_cpus=num_cpus, runtime_env=runtime_env, **loopback, **quiet)
+    have = ray.cluster_resources()
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    largest = {r: max((n.get(r, 0.0) for n in nodes), default=0.0) for r in ("CPU", "GPU")}
+    problems = shortfall(groups, {r: have.get(r, 0.0) for r in ("CPU", "GPU")}, "the Ray cluster", largest)
+    if problems:
+        ray.shutdown()
+        raise ConfigError("the cluster cannot hold this run's actors:\n  " + "\n  ".join(problems))
+
+
+def start_learner(cfg: RunConfig, model_path: str) -> Any:
+    """The learner group (placed, then built): at start-up, and again when a rank died."""
+    from cluster.learner_group import LearnerGroup
+
+    optimizer_steps = cfg.trainer.total_steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
+    return LearnerGroup(model_path, cfg.learner, cfg.algorithm, total_steps=optimizer_steps,
+                        temperature=cfg.rollout.sampling.temperature, device=cfg.cluster.device)
 
 
 def start_run(cfg: RunConfig) -> Run:
     from transformers import AutoTokenizer
 
-    from cluster.learner_group import LearnerGroup
     from cluster.rollout_pool import RolloutPool
     from cluster.weight_sync import WeightSync
 
@@ -141,13 +171,11 @@ def start_run(cfg: RunConfig) -> Run:
     stream = PromptStream(train_prompts, cfg.data.seed, cfg.data.shuffle)
 
     start_ray(cfg, run_dir)
-    optimizer_steps = cfg.trainer.total_steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
     # The rollout workers' constructors (vLLM import, engine start, warm-up) run in their actors while
     # the learner group builds its DeepSpeed engines: start-up pays the longer of the two, not the sum.
     rollout = RolloutPool(model_path, cfg.rollout.dtype, cfg.rollout, cfg.reward, cfg.cluster.device)
     try:
-        learner = LearnerGroup(model_path, cfg.learner, cfg.algorithm, total_steps=optimizer_steps,
-                               temperature=cfg.rollout.sampling.temperature, device=cfg.cluster.device)
+        learner = start_learner(cfg, model_path)
     except BaseException:
         rollout.shutdown()
         raise

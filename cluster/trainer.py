@@ -22,23 +22,20 @@ import torch
 
 from actors.buffer import GroupBuffer
 from cluster.batching import groups_to_batch, sft_batch, sft_examples
-from cluster.checkpoint import Checkpointer, rng_state, set_rng_state
+from cluster.actor_group import ActorLost
+from cluster.checkpoint import Checkpointer, LoopState, restore, rng_state
 from cluster.config import RunConfig
 from cluster.evaluation import evaluate, rollout_stats
+from cluster.learner_recovery import LearnerRecovery
 from cluster.metrics import MetricsLogger
+from cluster.nonfinite import count_nonfinite
 from cluster.plot import plot_run
 from cluster.rollout_feed import RolloutFeed
+from cluster.scaling import RolloutScaler
 from cluster.run_setup import Run, start_run
 
 
 FEED_FILE = "rollout_feed.pkl"  # in a checkpoint: the batches issued but not yet trained (async)
-
-
-@dataclasses.dataclass
-class LoopState:
-    step: int = 0  # last completed RL step
-    version: int = 0  # policy version the rollout workers hold
-    data: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def train(cfg: RunConfig) -> Path:
@@ -52,57 +49,79 @@ def train(cfg: RunConfig) -> Path:
     buffer = GroupBuffer(cfg.buffer, cfg.rollout.sampling.max_new_tokens)
     # async: the next steps' generation overlaps this step's learning, never more than max_staleness ahead
     feed = RolloutFeed(run, buffer, depth=cfg.buffer.max_staleness if cfg.trainer.mode == "async" else 0)
+    recovery = LearnerRecovery(run, logger)  # a dead learner rank: rebuilt, steps since the checkpoint redone
+    scaler = RolloutScaler(run, feed, logger)
     state = LoopState()
     for note in run.notes:
         logger.print(note)
     logger.print(f"started in {run.startup_seconds:.1f}s: {describe(run)}")
     try:
         if cfg.checkpoint.resume:
-            state = resume(run, ckpt, logger, feed)
+            state = resume(run, logger, feed)
         else:
             seed_everything(cfg.trainer.seed)
             warm_start(run, logger)
             run.sync.push(state.version)
             log_eval(run, logger, state.step, "before RL")
-        last = cfg.trainer.total_steps
-        for step in range(state.step + 1, last + 1):
-            state.step = step
-            timing: dict[str, float] = {}
-            t = time.perf_counter()
-            groups, staleness = feed.take(step, state.version, timing)  # generated now, or issued steps ago
-            t = mark(timing, "generate", t)
-            feed.start_ahead(step, last)  # async: the next steps' prompts go out to the current weights
-            batch = groups_to_batch(groups, cfg.algorithm)
-            t = mark(timing, "batch", t)
-            with run.sync.lock:  # a rollout worker replaced meanwhile joins at the version it really gets
-                learn = run.learner.train_step(batch)
-                t = mark(timing, "learn", t)
-                state.version += 1
-                sync = run.sync.push(state.version)  # a worker mid-generation loads it when that call ends
-            if every(cfg.weight_sync.verify_every, step):
-                sync.update(run.sync.verify(*run.probe))
-            t = mark(timing, "sync", t)
-            metrics = {**rollout_stats(groups, run.eval_component, run.eval_threshold), **learn, **sync,
-                       **staleness, **buffer.metrics(), "version": state.version,
-                       "rollout/worker_restarts": float(run.rollout.restarts),
-                       "reward/scorer_restarts": float(run.rollout.scorer_restarts),
-                       "prompt_ids": [g.prompt_id for g in groups]}  # the exactly-once ledger, in metrics.jsonl
-            if every(cfg.logging.dump_samples_every, step):
-                logger.dump_samples(step, groups)
-            if every(cfg.trainer.eval_every, step) and step < last:
-                log_eval(run, logger, step, f"step {step}")
-            t = mark(timing, "eval", t)
-            if every(cfg.checkpoint.every, step):
-                save(run, ckpt, state, feed)
-            mark(timing, "checkpoint", t)
-            log_step(logger, step, metrics, timing)
+            if cfg.checkpoint.every and cfg.learner.max_restarts:
+                save(run, ckpt, state, feed, recovery)  # step 0: what a learner lost in step 1 is rebuilt from
+        while state.step < cfg.trainer.total_steps:
+            scaler.between_steps()  # `relayrl scale` requests and autoscaling: rollout workers added or removed
+            try:
+                scaler.observe(rl_step(run, state.step + 1, state, feed, buffer, ckpt, logger, recovery))
+            except ActorLost as lost:
+                if not lost.name.startswith("learner"):
+                    raise
+                state = recovery.rebuild(lost)  # back at the last checkpoint; the steps since are redone
         log_eval(run, logger, cfg.trainer.total_steps, "after RL")
-        finish(run, ckpt, state, feed, logger)
+        finish(run, ckpt, state, feed, recovery, logger)
     finally:
         feed.close()
         logger.close()
         run.shutdown()
     return run.dir
+
+
+def rl_step(run: Run, step: int, state: LoopState, feed: RolloutFeed, buffer: GroupBuffer, ckpt: Checkpointer,
+            logger: MetricsLogger, recovery: LearnerRecovery) -> dict[str, Any]:
+    """One RL step: groups -> batch -> update -> weight push -> (eval, checkpoint) -> its log line; its metrics."""
+    cfg = run.cfg
+    timing: dict[str, float] = {}
+    t = time.perf_counter()
+    held = recovery.held(step)  # set when the step is redone after the learner was rebuilt
+    groups, staleness = held or feed.take(step, state.version, timing)  # generated now, or issued steps ago
+    recovery.hold(step, (groups, staleness))
+    t = mark(timing, "generate", t)
+    feed.start_ahead(step, cfg.trainer.total_steps)  # async: the next steps' prompts go out to the current weights
+    batch = groups_to_batch(groups, cfg.algorithm)
+    t = mark(timing, "batch", t)
+    with run.sync.lock:  # a rollout worker replaced meanwhile joins at the version it really gets
+        learn = run.learner.train_step(batch)
+        t = mark(timing, "learn", t)
+        # an update skipped for a non-finite loss/gradient: counted, batch saved; N steps in a row stop the run
+        count_nonfinite(state, step, learn, batch, run.dir, cfg.learner.max_nonfinite_steps, logger.print)
+        sync = run.sync.push(state.version + 1)  # a worker mid-generation loads it when that call ends
+    state.step, state.version = step, state.version + 1
+    if every(cfg.weight_sync.verify_every, step):
+        sync.update(run.sync.verify(*run.probe))
+    t = mark(timing, "sync", t)
+    metrics = {**rollout_stats(groups, run.eval_component, run.eval_threshold), **learn, **sync,
+               **staleness, **buffer.metrics(), "version": state.version,
+               "rollout/workers": float(len(run.rollout.workers)),
+               "rollout/worker_restarts": float(run.rollout.restarts),
+               "reward/scorer_restarts": float(run.rollout.scorer_restarts),
+               "learner/rebuilds": float(recovery.rebuilds), "learner/redone": float(held is not None),
+               "prompt_ids": [g.prompt_id for g in groups]}  # the exactly-once ledger, in metrics.jsonl
+    if every(cfg.logging.dump_samples_every, step):
+        logger.dump_samples(step, groups)
+    if every(cfg.trainer.eval_every, step) and step < cfg.trainer.total_steps:
+        log_eval(run, logger, step, f"step {step}")
+    t = mark(timing, "eval", t)
+    if every(cfg.checkpoint.every, step):
+        save(run, ckpt, state, feed, recovery)
+    mark(timing, "checkpoint", t)
+    log_step(logger, step, metrics, timing)
+    return metrics
 
 
 def every(period: int, step: int) -> bool:
@@ -178,12 +197,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save(run: Run, ckpt: Checkpointer, state: LoopState, feed: RolloutFeed) -> Path:
+def save(run: Run, ckpt: Checkpointer, state: LoopState, feed: RolloutFeed, recovery: LearnerRecovery) -> Path:
     """Learner, loop state, RNG and data position, plus (async) every issued-but-untrained batch."""
     pending = feed.state()  # waits for batches still generating: their prompts already left the stream
     state.data = run.stream.state()
     trainer_state = {**dataclasses.asdict(state), "rng": rng_state()}
-    return ckpt.save(state.step, trainer_state, run.learner.save_checkpoint, extra={FEED_FILE: pending})
+    path = ckpt.save(state.step, trainer_state, run.learner.save_checkpoint, extra={FEED_FILE: pending})
+    recovery.checkpointed()
+    return path
 
 
 def resume_point(cfg: RunConfig) -> Path | None:
@@ -196,12 +217,9 @@ def resume_point(cfg: RunConfig) -> Path | None:
     return path
 
 
-def resume(run: Run, ckpt: Checkpointer, logger: MetricsLogger, feed: RolloutFeed) -> LoopState:
+def resume(run: Run, logger: MetricsLogger, feed: RolloutFeed) -> LoopState:
     path = resume_point(run.cfg)
-    saved = Checkpointer.load_state(path)
-    run.learner.load_checkpoint(str(path / "learner"))
-    set_rng_state(saved.pop("rng"))
-    state = LoopState(**saved)
+    state = restore(run, path)
     run.stream.load_state(state.data)
     pending = path / FEED_FILE
     feed.load_state(pending.read_bytes() if pending.exists() else None)
@@ -212,8 +230,9 @@ def resume(run: Run, ckpt: Checkpointer, logger: MetricsLogger, feed: RolloutFee
     return state
 
 
-def finish(run: Run, ckpt: Checkpointer, state: LoopState, feed: RolloutFeed, logger: MetricsLogger) -> None:
-    save(run, ckpt, state, feed)
+def finish(run: Run, ckpt: Checkpointer, state: LoopState, feed: RolloutFeed, recovery: LearnerRecovery,
+           logger: MetricsLogger) -> None:
+    save(run, ckpt, state, feed, recovery)
     if run.cfg.checkpoint.export_hf:
         out = run.dir / "final_model"
         run.learner.export_hf(str(out), run.model_path)

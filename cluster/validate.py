@@ -7,11 +7,13 @@ fixes a config in one pass instead of one restart per mistake.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from actors.reward.scorer import RewardScorer
 from cluster.config import ConfigError, RunConfig
+from cluster.resources import demand, shortfall
 from learner.algorithms import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, NEEDS_CRITIC, OFF_POLICY, SURROGATES
 
 CHECKS: dict[str, Callable[[RunConfig], Optional[str]]] = {}
@@ -114,22 +116,28 @@ def batch_divides_ranks(cfg: RunConfig) -> Optional[str]:
     return None
 
 
+def choice_fields(obj: Any, path: str = "") -> Iterator[tuple[str, Any, tuple]]:
+    """(dotted name, value, valid values) of every `one_of` field (learner/config.py) in a config,
+    nested dataclasses and lists of them included: the valid values are read from the field itself."""
+    for f in dataclasses.fields(obj):
+        value, where = getattr(obj, f.name), f"{path}.{f.name}" if path else f.name
+        if "choices" in f.metadata:
+            yield where, value, f.metadata["choices"]
+        elif dataclasses.is_dataclass(value):
+            yield from choice_fields(value, where)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    yield from choice_fields(item, f"{where}[{i}]")
+
+
 @check
 def enum_values(cfg: RunConfig) -> Optional[str]:
-    allowed = [
-        ("trainer.mode", cfg.trainer.mode, {"sync", "async"}),
-        ("model.dtype", cfg.model.dtype, {"auto", "float32", "bfloat16"}),
-        ("rollout.dtype", cfg.rollout.dtype, {"", "float32", "bfloat16"}),
-        ("cluster.device", cfg.cluster.device, {"cpu", "cuda"}),
-        ("learner.zero_stage", cfg.learner.zero_stage, {0, 1, 2, 3}),
-        ("learner.dtype", cfg.learner.dtype, {"", "float32", "bfloat16"}),
-        ("learner.optimizer.name", cfg.learner.optimizer.name, {"adamw", "cpu_adam", "fused_adam"}),
-        ("learner.optimizer.schedule", cfg.learner.optimizer.schedule, {"constant", "linear", "cosine"}),
-        ("weight_sync.backend", cfg.weight_sync.backend, {"auto", "gloo", "nccl"}),
-        ("buffer.gfpo.metric", cfg.buffer.gfpo.metric, {"length", "reward_per_token"}),
-        ("data.bad_rows", cfg.data.bad_rows, {"error", "skip"}),
-    ]
-    bad = [f"{k}={v!r} (valid: {', '.join(map(str, sorted(ok, key=str)))})" for k, v, ok in allowed if v not in ok]
+    def shown(v: Any) -> str:
+        return repr(v) if v == "" else str(v)
+
+    bad = [f"{where}={value!r} (valid: {', '.join(map(shown, ok))})"
+           for where, value, ok in choice_fields(cfg) if value not in ok]
     return ("invalid values: " + "; ".join(bad)) if bad else None
 
 
@@ -142,6 +150,8 @@ def device_consistency(cfg: RunConfig) -> Optional[str]:
             return "rollout.tensor_parallel_size > 1 needs GPUs (cluster.device=cuda); vLLM's CPU build runs TP 1 here"
         if cfg.learner.gpus_per_rank > 0:
             return "learner.gpus_per_rank > 0 with cluster.device=cpu: set cluster.device=cuda or gpus_per_rank=0"
+        if cfg.learner.optimizer.name == "fused_adam":
+            return "learner.optimizer.name=fused_adam is a CUDA kernel: use adamw or cpu_adam with cluster.device=cpu"
     elif cfg.learner.gpus_per_rank <= 0:
         return "cluster.device=cuda but learner.gpus_per_rank=0: give each learner rank a GPU (learner.gpus_per_rank=1)"
     return None
@@ -162,6 +172,44 @@ def positive_sizes(cfg: RunConfig) -> Optional[str]:
 
 
 @check
+def resources_fit(cfg: RunConfig) -> Optional[str]:
+    """From the config alone: no negative reservations, and a local cluster sized by cluster.num_cpus
+    holds every actor. What a Ray cluster really has is checked right after ray.init (start_ray)."""
+    groups = demand(cfg)
+    negative = [f"{knob}={value:g}" for g in groups for knob, value in zip(g.knobs[1:], (g.cpus, g.gpus)) if value < 0]
+    if negative:
+        return "must be >= 0: " + ", ".join(negative)
+    if cfg.cluster.num_cpus is None:
+        return None
+    if cfg.cluster.address:
+        return ("cluster.num_cpus sizes the local Ray cluster relayrl starts; with cluster.address the cluster "
+                "exists already and has its own: remove cluster.num_cpus")
+    problems = shortfall(groups, {"CPU": cfg.cluster.num_cpus}, "the local cluster (cluster.num_cpus)")
+    return "; ".join(f"{p} (or raise cluster.num_cpus)" for p in problems) or None
+
+
+@check
+def offload_needs_zero(cfg: RunConfig) -> Optional[str]:
+    le = cfg.learner
+    if le.offload_params and le.zero_stage != 3:
+        return f"learner.offload_params partitions parameters, which only ZeRO-3 does: set learner.zero_stage=3 (is {le.zero_stage})"
+    if le.offload_optimizer and le.zero_stage == 0:
+        return "learner.offload_optimizer moves ZeRO's optimizer state, and zero_stage=0 has none: set zero_stage >= 1"
+    return None
+
+
+@check
+def rollout_sampling(cfg: RunConfig) -> Optional[str]:
+    s = cfg.rollout.sampling
+    if s.temperature < 0:
+        return f"rollout.sampling.temperature={s.temperature} must be >= 0"
+    if s.temperature == 0 and cfg.rollout.n > 1:
+        return (f"rollout.sampling.temperature=0 is greedy: all rollout.n={cfg.rollout.n} samples of a prompt would be "
+                f"one answer (vLLM refuses n > 1 with it): set a temperature > 0 or rollout.n=1")
+    return None
+
+
+@check
 def min_new_tokens_in_range(cfg: RunConfig) -> Optional[str]:
     s = cfg.rollout.sampling
     if not 0 <= s.min_new_tokens <= s.max_new_tokens:
@@ -179,6 +227,20 @@ def sequence_fits_engine(cfg: RunConfig) -> Optional[str]:
     if cfg.learner.micro_batch_tokens < need:
         return (f"learner.micro_batch_tokens={cfg.learner.micro_batch_tokens} cannot hold one full sequence "
                 f"({need} tokens): raise it to at least {need}")
+    return None
+
+
+@check
+def autoscale_bounds(cfg: RunConfig) -> Optional[str]:
+    a = cfg.rollout.autoscale
+    if not a.enabled:
+        return None
+    if not 1 <= a.min_workers <= cfg.rollout.num_workers <= a.max_workers:
+        return (f"rollout.autoscale needs 1 <= min_workers <= rollout.num_workers <= max_workers, got "
+                f"{a.min_workers} <= {cfg.rollout.num_workers} <= {a.max_workers}")
+    if not 0 <= a.remove_below < a.add_above <= 1 or a.patience < 1:
+        return (f"rollout.autoscale needs 0 <= remove_below < add_above <= 1 and patience >= 1, got "
+                f"remove_below={a.remove_below}, add_above={a.add_above}, patience={a.patience}")
     return None
 
 

@@ -17,7 +17,7 @@ import logging
 
 import ray
 
-from cluster.actor_group import wait_all
+from cluster.actor_group import ActorLost, wait_all
 from cluster.config import WeightSyncConfig
 
 
@@ -58,10 +58,10 @@ class WeightSync:
             worker_refs = self.rollout.workers.call_async("receive_weights", version)
             try:
                 self._wait(learner_refs, worker_refs, f"weight broadcast v{version}")
-            except ray.exceptions.RayActorError:
-                dead = self.rollout.dead_workers()
+            except ActorLost as lost:
+                dead = self.rollout.dead_workers() if lost.name.startswith("rollout") else []
                 if not dead:
-                    raise  # the learner died: not a rollout worker's fault
+                    raise  # the learner died: the trainer rebuilds it (cluster/learner_recovery.py)
                 # a worker died while idle: let the sender give up on the broken group, replace the
                 # dead, re-form the group, and send this version again
                 ray.wait(learner_refs, num_returns=len(learner_refs), timeout=self.cfg.timeout_s)

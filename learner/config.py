@@ -22,6 +22,21 @@ def _choice(name: str, **params: Any) -> Any:
     return field(default_factory=lambda: Choice(name=name, params=dict(params)))
 
 
+def one_of(*choices: Any, default: Any) -> Any:
+    """A plain field whose value must be one of `choices`: the valid values live here, next to the
+    field, and nowhere else (cluster/validate.py checks every such field of a run's config; the
+    learner reads them back with `field_choices`). Registry-selected fields (`Choice`) keep their
+    names in their registry instead. OmegaConf structured configs accept the metadata."""
+    if default not in choices:
+        raise ValueError(f"default {default!r} is not one of {choices}")
+    return field(default=default, metadata={"choices": tuple(choices)})
+
+
+def field_choices(schema: Any, name: str) -> tuple:
+    """The valid values of the `one_of` field `name` of dataclass (type or instance) `schema`."""
+    return next(f.metadata["choices"] for f in dataclasses.fields(schema) if f.name == name)
+
+
 @dataclasses.dataclass
 class AlgorithmConfig:
     """A policy-gradient loss is three independent choices plus regularisers.
@@ -45,21 +60,22 @@ class AlgorithmConfig:
 
 @dataclasses.dataclass
 class OptimizerConfig:
-    name: str = "adamw"  # adamw (torch) | cpu_adam (DeepSpeedCPUAdam, with optimizer offload) | fused_adam
+    # adamw (torch) | cpu_adam (DeepSpeedCPUAdam, with optimizer offload) | fused_adam (DeepSpeed's, CUDA only)
+    name: str = one_of("adamw", "cpu_adam", "fused_adam", default="adamw")
     lr: float = 1e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    schedule: str = "constant"  # constant | linear | cosine (decay over trainer.total_steps)
+    schedule: str = one_of("constant", "linear", "cosine", default="constant")  # decay over trainer.total_steps
     min_lr_ratio: float = 0.0
 
 
 @dataclasses.dataclass
 class LearnerConfig:
     num_ranks: int = 1  # DeepSpeed data-parallel world size (one Ray actor per rank)
-    zero_stage: int = 2
-    dtype: str = ""  # float32 | bfloat16; "" = model.dtype (resolved before the run starts)
+    zero_stage: int = one_of(0, 1, 2, 3, default=2)
+    dtype: str = one_of("", "float32", "bfloat16", default="")  # "" = model.dtype (resolved before the run starts)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
@@ -76,3 +92,10 @@ class LearnerConfig:
     extra_deepspeed: dict[str, Any] = field(default_factory=dict)  # merged into the DeepSpeed config
     moe_aux_loss_coef: Optional[float] = None  # None keeps the model config's router aux loss coef
     call_timeout_s: float = 1800.0  # a learner call (step, checkpoint, export) not done by then fails naming the rank
+    # A non-finite loss or gradient skips that optimizer update (nothing changes; counted in
+    # learner/nonfinite_skipped, the batch saved to RUN_DIR/nonfinite/). This many RL steps in a row
+    # with a skipped update stop the run: the data or the policy is broken, not one batch. 0 = never stop.
+    max_nonfinite_steps: int = 3
+    # a rank that dies: the whole group is rebuilt from the latest checkpoint and the steps since are
+    # retrained from the samples the driver still holds; more rebuilds than this stop the run
+    max_restarts: int = 2

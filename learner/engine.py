@@ -15,6 +15,11 @@ the caller's loss already carries the right scale (see learner/train_step.py).
 The LR schedule is a torch LambdaLR owned by the rank, not handed to DeepSpeed: DeepSpeed would
 step it on every optimizer step, including the supervised warm-start steps, which must not consume
 the RL schedule. Its state travels in the checkpoint's client_state.
+
+Non-finite gradients: every optimizer path DeepSpeed builds here skips the update when the global
+gradient norm is not finite (its overflow check: ZeRO-1/2/3, the bf16 optimizers) — except ZeRO-0
+fp32, which runs the torch optimizer bare; `_skip_nonfinite_fp32` adds the check there. The config
+refuses extra_deepspeed settings that would turn DeepSpeed's check off.
 """
 
 from __future__ import annotations
@@ -23,10 +28,10 @@ import copy
 import math
 from typing import Any
 
-from learner.config import LearnerConfig, OptimizerConfig
+from learner.config import LearnerConfig, OptimizerConfig, field_choices
 
-OPTIMIZERS = ("adamw", "cpu_adam", "fused_adam")
-SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = field_choices(OptimizerConfig, "name")  # valid values live on the config fields
+SCHEDULES = field_choices(OptimizerConfig, "schedule")
 
 
 def deepspeed_config(cfg: LearnerConfig, world_size: int, *, with_optimizer: bool = True) -> dict[str, Any]:
@@ -70,7 +75,14 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int, *, with_optimizer: boo
         for key in ("gradient_clipping", "zero_allow_untested_optimizer", "managed_gradient_accumulation"):
             ds.pop(key)
         zero.pop("offload_optimizer", None)
-    return _deep_merge(ds, cfg.extra_deepspeed)
+    ds = _deep_merge(ds, cfg.extra_deepspeed)
+    # A non-finite gradient must skip the update (see the module docstring): these would make
+    # DeepSpeed apply it — bf16 without its overflow check, or ZeRO-1/2 fp32 without the norm it tests.
+    if ds["bf16"].get("check_grad_overflow") is False or ds["zero_optimization"].get("compute_grad_norm") is False:
+        raise ValueError("learner.extra_deepspeed turns off DeepSpeed's non-finite gradient check "
+                         "(bf16.check_grad_overflow / zero_optimization.compute_grad_norm false): remove it; "
+                         "relayrl skips an update with a NaN/inf gradient through that check")
+    return ds
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +170,7 @@ def build_engine(model, cfg: LearnerConfig, world_size: int, total_steps: int):
                                            config=deepspeed_config(cfg, world_size))
     if cfg.zero_stage == 0 and cfg.dtype == "float32":
         _keep_fp32_grad_norm(engine)
+        _skip_nonfinite_fp32(engine)
     return engine, optimizer, scheduler
 
 
@@ -171,6 +184,26 @@ def _keep_fp32_grad_norm(engine) -> None:
                                                          max_norm=engine.gradient_clipping(), mpu=engine.mpu))
 
     engine.clip_fp32_gradients = clip
+
+
+def _skip_nonfinite_fp32(engine) -> None:
+    """ZeRO-0 fp32 hands the gradients to the torch optimizer unchecked, where every other path
+    skips the update on a non-finite gradient. Same skip here, through the contract the engine
+    already reads after `optimizer.step()`: an `overflow` attribute that, when True, makes it count
+    a skipped step (engine.skipped_steps, was_step_applied() False) and clear the gradients as usual.
+    The gradients are all-reduced by then (ZeRO-0 replicates them), so every rank decides alike."""
+    import torch
+
+    optimizer = engine.optimizer
+    step = optimizer.step
+    optimizer.overflow = False
+
+    def checked_step(closure=None):
+        optimizer.overflow = not all(bool(torch.isfinite(p.grad).all()) for g in optimizer.param_groups
+                                     for p in g["params"] if p.grad is not None)
+        return None if optimizer.overflow else step(closure)
+
+    optimizer.step = checked_step
 
 
 def build_reference(model, cfg: LearnerConfig, world_size: int, device):

@@ -25,16 +25,31 @@ from learner import train_step as steps
 from learner.batch import LearnerBatch
 from learner.config import AlgorithmConfig, LearnerConfig
 from learner.logprobs import MicroBatch, response_logprobs
-from learner.weight_sync import ManifestEntry, WeightLayout, WeightSender, full_shape, gathered
+from learner.weight_sync import ManifestEntry, WeightLayout, WeightSender, full_shape, gathered, listen_socket
 
 
 class LearnerRank:
     """One DP rank. Public calls: train_step, sft_step, probe_logprobs, save/load_checkpoint,
     export_hf, full_state_dict, weight_manifest/weight_plan/weight_sync_address/init_weight_sync/
     broadcast_weights, param_checksum, shutdown. Environment variables are set here, before
-    deepspeed is imported, so the class works both as a Ray actor and in-process (world size 1)."""
+    deepspeed is imported, so the class works both as a Ray actor and in-process (world size 1).
 
-    def __init__(
+    Two-phase: the constructor only places the rank (node_info and weight_sync_address work then);
+    `build` — once the group knows where every rank landed — sets up DeepSpeed. In-process: `create`."""
+
+    def __init__(self) -> None:
+        self.engine = None  # placed, not built
+        self._sender = None
+        self._listening: dict[int, socket.socket] = {}  # port -> socket of a rendezvous this rank will host
+
+    @classmethod
+    def create(cls, *args: Any, **kwargs: Any) -> "LearnerRank":
+        """A built rank in this process (world size 1 in tests and benchmarks): cls() then build()."""
+        rank = cls()
+        rank.build(*args, **kwargs)
+        return rank
+
+    def build(
         self,
         model_path: str,
         cfg: LearnerConfig,
@@ -75,8 +90,14 @@ class LearnerRank:
         from learner.engine import build_engine, build_reference, load_model
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-        deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False,
-                                   timeout=timedelta(minutes=30), verbose=False)
+        backend, timeout = ("nccl" if device == "cuda" else "gloo"), timedelta(minutes=30)
+        if not torch.distributed.is_initialized():
+            # The default group forms on a TCP store that rank 0 serves from a socket on master_addr
+            # alone (torch's own store would listen on every interface); DeepSpeed adopts the group.
+            store = rendezvous_store(master_addr, master_port, rank, world_size, timeout,
+                                     self._listening.pop(master_port, None))
+            torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout, verbose=False)
         model = load_model(model_path, cfg)
         # MoE router balance loss: on when learner.moe_aux_loss_coef > 0, or (left None) when the
         # model's own config asks for router logits with a positive coefficient.
@@ -104,8 +125,16 @@ class LearnerRank:
         # gradient_accumulation_steps is 1 and accumulation is unmanaged: no rescaling by DeepSpeed.
         self.engine.backward(loss, scale_wrt_gas=False)
 
-    def optimizer_step(self, lr: Optional[float] = None, advance_schedule: bool = True) -> tuple[float, float]:
-        """One optimizer update (the accumulation boundary). Returns (global grad norm before clipping, lr used)."""
+    def optimizer_step(self, lr: Optional[float] = None, advance_schedule: bool = True) -> tuple[float, float, bool]:
+        """One optimizer update (the accumulation boundary). Returns (global grad norm before clipping,
+        lr used, whether the update was applied).
+
+        A non-finite gradient skips the update: DeepSpeed's overflow check does it (ZeRO-1/2/3 and
+        the bf16 optimizers test the global gradient norm, all-reduced, so every rank decides alike;
+        learner/engine.py adds the same check to ZeRO-0 fp32, which has none). Skipped, DeepSpeed
+        clears the gradients (its partitions too) and counts it in engine.skipped_steps; parameters
+        and optimizer state are untouched, and so is the LR schedule here, as DeepSpeed does for its
+        own schedulers: the next update uses the lr this one would have."""
         groups = self.optimizer.param_groups
         saved = [g["lr"] for g in groups]
         if lr is not None:
@@ -113,13 +142,17 @@ class LearnerRank:
                 g["lr"] = lr
         used = groups[0]["lr"]
         self.engine.step()
+        applied = self.engine.was_step_applied()
         norm = self.engine.get_global_grad_norm()
         if lr is not None:
             for g, v in zip(groups, saved):
                 g["lr"] = v
-        if advance_schedule:
+        if self.all_reduce(torch.tensor([float(applied)], dtype=torch.float64), "sum").item() not in (0, self.world_size):
+            raise RuntimeError(f"learner rank {self.rank}: the ranks disagree whether the update was skipped "
+                               f"(non-finite gradient check): they no longer hold the same model")
+        if advance_schedule and applied:
             self.scheduler.step()
-        return (float(norm) if norm is not None else math.nan), float(used)
+        return (float(norm) if norm is not None else math.nan), float(used), applied
 
     def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if self.world_size == 1:
@@ -208,8 +241,15 @@ class LearnerRank:
         return self._sender.layout.manifest, self._sender.buckets
 
     def weight_sync_address(self) -> tuple[str, int]:
-        """This node's IP and a free port, for the weight-sync group's rendezvous (ask rank 0)."""
-        return node_ip(), free_port()
+        """Where a rendezvous this rank hosts will listen (ask rank 0): the DeepSpeed group's, passed
+        to `build` as master_addr/master_port, and the weight-sync group's, passed to init_weight_sync.
+        This node's IP (as Ray reports it: 127.0.0.1 in a local run) and a port already listening
+        there; the socket is kept until that store serves from it, so the store listens on this
+        address alone and nothing can take the port in between."""
+        sock = listen_socket(node_ip())
+        host, port = sock.getsockname()[:2]
+        self._listening[port] = sock
+        return host, port
 
     def init_weight_sync(self, host: str, port: int, world_size: int, bucket_bytes: Optional[int] = None,
                          timeout_s: float = 120.0, backend: Optional[str] = None) -> tuple[list[ManifestEntry], list[list[int]]]:
@@ -220,7 +260,7 @@ class LearnerRank:
         self._sender.close()  # re-initialising (e.g. after a rollout worker was replaced) starts a new group
         if backend in (None, "auto"):
             backend = "nccl" if self.device.type == "cuda" else "gloo"
-        self._sender.connect(host, port, world_size, backend, timeout_s)
+        self._sender.connect(host, port, world_size, backend, timeout_s, self._listening.pop(port, None))
         return self._sender.layout.manifest, self._sender.buckets
 
     def broadcast_weights(self, version: int) -> dict[str, float]:
@@ -264,6 +304,8 @@ class LearnerRank:
             dist.barrier()
 
     def shutdown(self) -> None:
+        for sock in self._listening.values():
+            sock.close()
         if self._sender is not None:
             self._sender.close()
         with contextlib.suppress(Exception):
@@ -300,6 +342,22 @@ def node_ip() -> str:
         s.connect(("10.255.255.255", 1))  # no packet is sent; picks the outgoing interface
         return s.getsockname()[0]
     return "127.0.0.1"
+
+
+def rendezvous_store(host: str, port: int, rank: int, world_size: int, timeout: timedelta,
+                     listen: Optional[socket.socket] = None) -> "torch.distributed.Store":
+    """The default group's TCP store: rank 0 serves it from `listen` (or a socket it binds to
+    host:port), so it listens on that address only; the other ranks connect to it."""
+    from torch.distributed import TCPStore
+
+    if rank != 0:
+        return TCPStore(host, port, world_size, is_master=False, timeout=timeout)
+    fd = (listen or listen_socket(host, port)).detach()
+    try:
+        return TCPStore(host, port, world_size, is_master=True, timeout=timeout, master_listen_fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def free_port() -> int:

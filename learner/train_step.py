@@ -22,10 +22,19 @@ to the total. Sequences with loss_mask False are never forwarded at all.
 
 `old` is the engine's own recomputation when the batch is reused (epochs * mini_batches > 1);
 otherwise the first forward IS the old policy, so old = logp.detach() and the ratio is exactly 1.
+
+Non-finite loss or gradient
+---------------------------
+Such an update is skipped on every rank: parameters, optimizer state and LR schedule stay as they
+were, and the step reports it (`learner/nonfinite_skipped`; the driver counts, saves and stops:
+cluster/nonfinite.py). The decision is the gradient check at the optimizer boundary (see
+LearnerRank.optimizer_step): it runs on the globally reduced gradient, so all ranks decide alike.
+A non-finite loss is made to reach it (`poison_nonfinite`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Optional, Protocol, Sequence
 
@@ -47,7 +56,7 @@ class Engine(Protocol):
     def forward(self, mb: MicroBatch, *, grad: bool, entropy_grad: bool = False, reference: bool = False,
                 temperature: Optional[float] = None) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]: ...
     def backward(self, loss: torch.Tensor) -> None: ...
-    def optimizer_step(self, lr: Optional[float] = None, advance_schedule: bool = True) -> tuple[float, float]: ...
+    def optimizer_step(self, lr: Optional[float] = None, advance_schedule: bool = True) -> tuple[float, float, bool]: ...
     def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor: ...
     def aux_loss_coef(self) -> float: ...
 
@@ -182,10 +191,13 @@ def train_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> d
     m_.max("learner/step_seconds", time.perf_counter() - t_start)
     out = m_.reduce(eng)
     out["learner/tokens_per_s"] = out.pop("learner/train_tokens") / max(out["learner/train_seconds"], 1e-9)
-    out["learner/grad_norm"] = sum(u["grad_norm"] for u in updates) / len(updates)
-    out["learner/grad_norm_max"] = max(u["grad_norm"] for u in updates)
+    applied = [u for u in updates if u["applied"]]
+    norms = [u["grad_norm"] for u in applied] or [math.nan]  # a skipped update's norm is not finite
+    out["learner/grad_norm"] = sum(norms) / len(norms)
+    out["learner/grad_norm_max"] = max(norms)
     out["learner/lr"] = updates[-1]["lr"]
-    out["learner/optimizer_steps"] = float(len(updates))
+    out["learner/optimizer_steps"] = float(len(applied))
+    out["learner/nonfinite_skipped"] = float(len(updates) - len(applied))  # updates skipped: non-finite
     return out
 
 
@@ -206,10 +218,22 @@ def update(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig, idx: list[in
         mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx)
         loss = micro_batch_loss(eng, batch, algo, mb, old, ref, float(counts[0]), float(counts[1]), len(plan), m_)
         # x K: DeepSpeed averages gradients over the K ranks, but the K ranks' shares must add up.
-        eng.backward(loss * eng.world_size)
+        eng.backward(poison_nonfinite(loss) * eng.world_size)
         tokens += mb.real_tokens
-    grad_norm, lr = eng.optimizer_step()
-    return {"grad_norm": grad_norm, "lr": lr, "seconds": time.perf_counter() - t0, "tokens": tokens}
+    grad_norm, lr, applied = eng.optimizer_step()
+    return {"grad_norm": grad_norm, "lr": lr, "applied": applied, "seconds": time.perf_counter() - t0,
+            "tokens": tokens}
+
+
+def poison_nonfinite(loss: torch.Tensor) -> torch.Tensor:
+    """`loss`, or NaN times it if it is not finite.
+
+    What skips an update is the non-finite gradient check at the optimizer boundary (global over
+    the ranks). A non-finite loss almost always gives a non-finite gradient, but not always: a NaN
+    or inf in a term that carries no gradient (a detached weight or constant) leaves it finite.
+    NaN * loss makes every gradient element the loss reaches NaN, so such a step is skipped too —
+    and the micro-batch is still backpropagated, as every rank must run the same backward calls."""
+    return loss if bool(torch.isfinite(loss)) else loss * math.nan
 
 
 def micro_batch_loss(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig, mb: MicroBatch,
@@ -278,14 +302,14 @@ def sft_on_batch(eng: Engine, batch: LearnerBatch, lr: Optional[float] = None) -
         lp, _, _ = eng.forward(mb, grad=True, temperature=1.0)
         mask = mb.response_mask.to(lp.device)
         loss = torch.where(mask, -lp, torch.zeros_like(lp)).sum() / max(g_tokens, 1.0)
-        eng.backward(loss * eng.world_size)
+        eng.backward(poison_nonfinite(loss) * eng.world_size)
         m_.add("sft/loss", loss.item())
         m_.add("sft/tokens", float(mask.sum()))
-    grad_norm, used_lr = eng.optimizer_step(lr=lr, advance_schedule=False)
+    grad_norm, used_lr, applied = eng.optimizer_step(lr=lr, advance_schedule=False)
     m_.mean("sft/padding_waste", waste, 1.0)
     m_.max("sft/seconds", time.perf_counter() - t0)
     out = m_.reduce(eng)
-    out.update({"sft/grad_norm": grad_norm, "sft/lr": used_lr})
+    out.update({"sft/grad_norm": grad_norm, "sft/lr": used_lr, "sft/nonfinite_skipped": float(not applied)})
     return out
 
 

@@ -105,7 +105,7 @@ def bench_training(model_dir: str, zero_stages: list[int], repeats: int, n_seqs:
     for stage in zero_stages:
         cfg = LearnerConfig(zero_stage=stage, dtype="float32", micro_batch_tokens=budget, threads_per_rank=threads,
                             optimizer=OptimizerConfig(lr=1e-5))
-        rank = LearnerRank(model_dir, cfg, AlgorithmConfig(), 0, 1, "127.0.0.1", free_port(), total_steps=100,
+        rank = LearnerRank.create(model_dir, cfg, AlgorithmConfig(), 0, 1, "127.0.0.1", free_port(), total_steps=100,
                            temperature=temperature)
         walls, inner = [], []
         for i in range(repeats + 1):
@@ -154,7 +154,7 @@ def bench_broadcast(models: dict[str, str], bucket_mb: float, repeats: int, zero
     try:
         for name, model_dir in models.items():
             cfg = LearnerConfig(zero_stage=zero_stage, dtype="float32", threads_per_rank=1)
-            rank = LearnerRank(model_dir, cfg, AlgorithmConfig(), 0, 1, "127.0.0.1", free_port(), total_steps=1)
+            rank = LearnerRank.create(model_dir, cfg, AlgorithmConfig(), 0, 1, "127.0.0.1", free_port(), total_steps=1)
             host, port = "127.0.0.1", free_port()
             bucket_bytes = int(bucket_mb * (1 << 20))
             manifest, buckets = rank.weight_plan(bucket_bytes)

@@ -19,3 +19,19 @@ def tiny_moe_model_dir(tmp_path_factory):
     from cluster.tiny_model import TinyModelSpec, make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny_moe"), TinyModelSpec(moe=True))
+
+
+@pytest.fixture
+def fault_report(request):
+    """record(**facts): what a fault-injection test verified, for scripts/reliability.py's table.
+    A no-op unless RELAYRL_RELIABILITY_OUT names a JSON-lines file; call it after the assertions."""
+    import json
+    import os
+
+    def record(**facts) -> None:
+        out = os.environ.get("RELAYRL_RELIABILITY_OUT")
+        if out:
+            with open(out, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"test": request.node.nodeid, **facts}) + "\n")
+
+    return record

@@ -254,6 +254,7 @@ def test_weights_loaded_mid_generation_continue_the_same_requests(engine, sender
     deadline = time.monotonic() + 60
     while w.health()["unfinished_requests"] == 0 and time.monotonic() < deadline:
         time.sleep(0.001)
+    time.sleep(0.05)  # a few engine steps in (the whole generation takes ~200 steps)
     sender.start_broadcast()
     w.receive_weights(old + 1)  # waits for the engine between two steps of the generation
     sender.wait()

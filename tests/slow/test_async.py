@@ -91,7 +91,7 @@ KILLED = ["trainer.total_steps=6", "trainer.mode=async", "buffer.max_staleness=1
           "rollout.max_model_len=96"]
 
 
-def test_sigkilled_async_run_resumes_training_every_prompt_once(tmp_path):
+def test_sigkilled_async_run_resumes_training_every_prompt_once(tmp_path, fault_report):
     cfg = config(tmp_path, "killed", *KILLED)
     run_dir = Path(cfg.logging.run_dir)
     args = [str(Path(sys.executable).with_name("relayrl")), "train", "configs/demo_grpo.yaml",
@@ -135,3 +135,5 @@ def test_sigkilled_async_run_resumes_training_every_prompt_once(tmp_path):
     ckpt_step = 2 * (killed_at // 2)  # a step's row is logged after its checkpoint is written
     assert {d["row"]["step"] for d in redone if d["reason"] == "after_resume_step" and d["row"]["kind"] == "train"} \
         == set(range(ckpt_step + 1, killed_at + 1))
+    fault_report(steps=len(rows), prompts=len(trained), killed_after_step=killed_at, resumed_from_step=ckpt_step,
+                 redone=list(range(ckpt_step + 1, killed_at + 1)))

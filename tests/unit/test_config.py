@@ -1,9 +1,14 @@
 """Config schema, loading, key checking and the named cross-field checks."""
 
+import dataclasses
+import functools
+
 import pytest
+from omegaconf import OmegaConf
 
 from cluster.config import ConfigError, RunConfig, dump_config, load_config, to_yaml
-from cluster.validate import CHECKS, validate
+from cluster.validate import CHECKS, choice_fields, validate
+from learner.config import field_choices, one_of
 
 pytestmark = pytest.mark.unit
 
@@ -60,7 +65,16 @@ def test_override_without_equals_sign():
     ({"rollout.max_model_len": 16}, "sequence_fits_engine", "max_model_len"),
     ({"buffer.gfpo.enabled": True, "buffer.gfpo.keep": 8}, "gfpo_keeps_fewer", "keep"),
     ({"trainer.eval_n": 4}, "eval_sampling", "eval_temperature"),
-    ({"model.dtype": "fp8"}, "enum_values", "model.dtype"),
+    ({"model.dtype": "fp8"}, "enum_values", "model.dtype='fp8' (valid: auto, float32, bfloat16)"),
+    ({"learner.zero_stage": 4}, "enum_values", "learner.zero_stage=4 (valid: 0, 1, 2, 3)"),
+    ({"rollout.dtype": "fp16"}, "enum_values", "rollout.dtype='fp16' (valid: '', float32, bfloat16)"),
+    ({"learner.optimizer.name": "fused_adam"}, "device_consistency", "CUDA"),
+    ({"cluster.num_cpus": 1}, "resources_fit", "need 2.01 CPUs"),
+    ({"learner.cpus_per_rank": -1}, "resources_fit", "learner.cpus_per_rank=-1"),
+    ({"cluster.num_cpus": 8, "cluster.address": "10.0.0.1:6379"}, "resources_fit", "remove cluster.num_cpus"),
+    ({"learner.offload_params": True}, "offload_needs_zero", "zero_stage=3"),
+    ({"learner.offload_optimizer": True, "learner.zero_stage": 0}, "offload_needs_zero", "zero_stage >= 1"),
+    ({"rollout.sampling.temperature": 0}, "rollout_sampling", "temperature > 0 or rollout.n=1"),
     ({"algorithm.advantage.name": "gae"}, "critic_available", "PPO critic"),
     ({"algorithm.off_policy.name": "tis", "rollout.sampling.top_p": 0.9}, "sampler_logprobs_comparable", "top_p=1.0"),
 ])
@@ -108,3 +122,58 @@ def test_gsm8k_config_needs_a_model_path(tmp_path):
         validate(load_config("configs/gsm8k.yaml"))
     cfg = validate(load_config("configs/gsm8k.yaml", [f"model.path={tmp_path}"]))
     assert cfg.reward.functions[0].name == "math_verify" and cfg.data.chat_template
+
+
+# ---- choice-valued fields: the valid values live on the field (learner.config.one_of) ----------------
+
+SCHEMA_CHOICE_FIELDS = [where for where, _, _ in choice_fields(RunConfig())]
+
+
+def test_choice_fields_found_in_every_package_schema():
+    assert {"model.dtype", "data.bad_rows", "trainer.mode", "weight_sync.backend", "cluster.device",  # cluster/
+            "rollout.dtype", "buffer.gfpo.metric",  # actors/
+            "learner.zero_stage", "learner.dtype", "learner.optimizer.name", "learner.optimizer.schedule",  # learner/
+            } <= set(SCHEMA_CHOICE_FIELDS)
+
+
+@pytest.mark.parametrize("where", SCHEMA_CHOICE_FIELDS)
+def test_every_choice_field_refuses_a_bad_value_naming_field_value_and_choices(where):
+    cfg = good()
+    *parents, name = where.split(".")
+    setattr(functools.reduce(getattr, parents, cfg), name, "nope")  # past OmegaConf's typing (int fields too)
+    valid = field_choices(functools.reduce(getattr, parents, RunConfig()), name)
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    shown = ", ".join(repr(v) if v == "" else str(v) for v in valid)
+    assert f"[enum_values] invalid values: {where}='nope' (valid: {shown})" in str(e.value)
+
+
+def test_every_default_is_a_valid_choice():
+    assert all(value in ok for _, value, ok in choice_fields(RunConfig()))
+
+
+@dataclasses.dataclass
+class _Inner:
+    kind: str = one_of("a", "b", default="a")
+
+
+@dataclasses.dataclass
+class _Outer:
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+    items: list[_Inner] = dataclasses.field(default_factory=list)
+
+
+def test_a_new_choice_field_is_checked_with_no_list_elsewhere():
+    """Nested and list-held dataclasses are walked; the field's metadata is the only list of choices."""
+    found = list(choice_fields(_Outer(items=[_Inner(), _Inner(kind="c")])))
+    assert found == [("inner.kind", "a", ("a", "b")), ("items[0].kind", "a", ("a", "b")), ("items[1].kind", "c", ("a", "b"))]
+
+
+def test_choice_fields_stay_omegaconf_structured_configs():
+    merged = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(_Outer), {"inner": {"kind": "b"}}))
+    assert merged.inner.kind == "b" and field_choices(merged.inner, "kind") == ("a", "b")
+
+
+def test_one_of_refuses_a_default_outside_its_choices():
+    with pytest.raises(ValueError, match="not one of"):
+        one_of("a", "b", default="c")
