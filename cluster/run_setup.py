@@ -52,8 +52,9 @@ class Run:
 
 def make_run_dir(cfg: RunConfig) -> Path:
     if cfg.checkpoint.resume:
-        return Path(cfg.checkpoint.resume).expanduser()
-    path = Path(cfg.logging.run_dir or f"runs/{cfg.logging.name}-{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
+        return Path(cfg.checkpoint.resume).expanduser().resolve()
+    # absolute: the actors (on other nodes, in other working directories) write checkpoints here too
+    path = Path(cfg.logging.run_dir or f"runs/{cfg.logging.name}-{time.strftime('%Y%m%d-%H%M%S')}").expanduser().resolve()
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     if created:

@@ -119,11 +119,14 @@ def junit_verdicts(xml: Path) -> dict[str, str]:
     return out
 
 
-def verdict(row: Row, verdicts: dict[str, str]) -> str:
-    mine = [v for nodeid, v in verdicts.items() if any(nodeid == t or nodeid.startswith(t + "::") for t in row.tests)]
+def verdict(row: Row, verdicts: dict[str, str]) -> tuple[str, int]:
+    """('passed' | 'not run' | 'k of n FAILED', number of tests) of a row's tests."""
+    mine = [v for nodeid, v in verdicts.items()
+            if any(nodeid == t or nodeid.startswith((t + "::", t + "[")) for t in row.tests)]
     if not mine:
-        return "not run"
-    return "passed" if all(v == "passed" for v in mine) else f"{sum(v != 'passed' for v in mine)} of {len(mine)} FAILED"
+        return "not run", 0
+    bad = sum(v != "passed" for v in mine)
+    return ("passed" if not bad else f"{bad} of {len(mine)} FAILED"), len(mine)
 
 
 def table(rows: list[dict]) -> str:
@@ -148,10 +151,12 @@ def main() -> int:
         facts = [json.loads(line) for line in records.read_text().splitlines()] if records.exists() else []
     rows = []
     for row in ROWS:
-        mine = [f for f in facts if any(f["test"] == t or f["test"].startswith(t + "[") for t in row.tests)]
-        measured = "; ".join(row.measured(f) for f in mine) if row.measured and mine else ""
+        mine = [f for f in facts if any(f["test"] == t or f["test"].startswith((t + "[", t + "::")) for t in row.tests)]
+        status, n = verdict(row, verdicts)
+        measured = ("; ".join(row.measured(f) for f in mine) if row.measured and mine
+                    else f"{n} test{'s' * (n != 1)} passed" if status == "passed" else "")
         rows.append({"fault": row.fault, "tests": row.tests, "happens": row.happens, "lost": row.lost,
-                     "measured": measured, "verdict": verdict(row, verdicts), "records": mine})
+                     "measured": measured, "verdict": status, "records": mine})
     out = ROOT / "scripts/results/reliability.json"
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.time() - t0),
                                "rows": rows}, indent=1))
