@@ -184,12 +184,23 @@ class RolloutWorker:
             with self._engine_lock:
                 if not load:
                     self._engine_lock.wait_for(lambda: self._loads_waiting == 0)
+                self._omp_threads()
                 yield
         finally:
             if load:
                 with self._engine_lock:
                     self._loads_waiting -= 1
                     self._engine_lock.notify_all()
+
+    def _omp_threads(self) -> None:
+        """OpenMP's thread count is per calling thread, and an actor with max_concurrency >= 2 runs calls
+        on pool threads that start with Ray's OMP_NUM_THREADS=1; vLLM's CPU attention refuses to run
+        with fewer threads than its metadata was built for. (vLLM replaced torch.set_num_threads with a
+        no-op after its thread binding; the binding is the process's, the count is this thread's.)"""
+        import torch
+
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch._C._set_num_threads(self.threads)
 
     def _reset_stale_prefix_cache(self) -> None:
         """Blocks cached before a weight load that happened mid-generation must not serve new requests."""

@@ -277,7 +277,11 @@ def _consistency(lm: dict[str, Any], info: ModelInfo) -> list[str]:
         if isinstance(hidden, int) and shape[1] != hidden:
             problems.append(f"the weights' {emb[0]} is {shape[1]} wide, but config.json hidden_size={hidden}: config.json "
                             f"and the weights come from different models; use the config.json saved with these weights")
-        if lm.get("tie_word_embeddings") is False and not any(k.endswith("lm_head.weight") for k in info.tensors):
+        archs = lm.get("architectures") or []
+        # a sequence-classification reward model has a score head, not an lm_head
+        generates = not archs or any(a.endswith(("CausalLM", "ConditionalGeneration")) for a in archs)
+        if (generates and lm.get("tie_word_embeddings") is False
+                and not any(k.endswith("lm_head.weight") for k in info.tensors)):
             problems.append("config.json says tie_word_embeddings=false but the weights hold no lm_head.weight, so the "
                             "output layer would start random: set tie_word_embeddings=true if the model shares it with "
                             "the embedding, or add the missing weight file")
