@@ -38,6 +38,8 @@ class LearnerRecovery:
     def __init__(self, run: "Run", logger: "MetricsLogger"):
         self.run, self.logger = run, logger
         self.max_restarts = run.cfg.learner.max_restarts
+        # without checkpoints there is nothing to rebuild from, so nothing worth holding (it would grow all run)
+        self._holding = self.max_restarts > 0 and run.cfg.checkpoint.every > 0
         self._held: dict[int, Held] = {}
         self.deaths: list[str] = []
 
@@ -47,7 +49,7 @@ class LearnerRecovery:
 
     # ---- the samples of the steps since the last checkpoint --------------------------------------------
     def hold(self, step: int, held: Held) -> None:
-        if self.max_restarts > 0:
+        if self._holding:
             self._held[step] = held
 
     def held(self, step: int) -> Optional[Held]:
