@@ -10,7 +10,7 @@ from dataclasses import field
 from typing import Any, Optional
 
 from actors.reward.spec import RewardSpec
-from learner.config import one_of
+from learner.config import PlacementConfig, one_of
 
 
 @dataclasses.dataclass
@@ -60,6 +60,7 @@ class RolloutConfig:
     # CPU: worker i is pinned to the i-th block of threads_per_worker cores of this list;
     # [] = split the process's allowed cores when num_workers > 1 (one worker is not pinned)
     cpu_cores: list[int] = field(default_factory=list)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)  # `relayrl scale` works without it
     record_routed_experts: bool = False  # MoE routing replay (see DESIGN.md)
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM as is
@@ -74,6 +75,7 @@ class RewardConfig:
     # cluster/rollout_pool.py), is replaced and the group re-scored; more replacements stop the run
     max_restarts: int = 3
     cpus_per_scorer: float = 0.0
+    placement: PlacementConfig = field(default_factory=PlacementConfig)  # scorers and the reward model
     model_path: Optional[str] = None  # sequence-classification reward model, scored on its own actor
     model_weight: float = 1.0  # weight of the model's score (component "model") in the reward
     model_batch_size: int = 8

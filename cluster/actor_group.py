@@ -16,6 +16,9 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from cluster.resources import MIN_BUNDLE_CPU
+from learner.config import PlacementConfig
+
 
 class ActorCallTimeout(TimeoutError):
     """A batched call did not finish in time; the message names the actors that did not answer."""
@@ -35,7 +38,7 @@ class GroupSpec:
     num_actors: int
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
-    strategy: str = "PACK"  # placement-group strategy: PACK | SPREAD | STRICT_PACK
+    placement: PlacementConfig = dataclasses.field(default_factory=PlacementConfig)  # strategy, node labels
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # extra env vars for every actor
 
 
@@ -66,14 +69,16 @@ class ActorGroup:
     def _bundle(self) -> dict[str, float]:
         b = {"CPU": self.spec.cpus_per_actor, **({"GPU": self.spec.gpus_per_actor} if self.spec.gpus_per_actor else {})}
         # Ray rejects empty bundles: a zero-CPU actor still gets a tiny share to pin its bundle.
-        return b if any(b.values()) else {"CPU": 0.01}
+        return b if any(b.values()) else {"CPU": MIN_BUNDLE_CPU}
 
     def grow(self, k: int, timeout_s: float = 300.0) -> list[int]:
         """Place and start k more actors (their own placement group); their indices."""
         if k <= 0:
             return []
-        pg = placement_group([self._bundle() for _ in range(k)], strategy=self.spec.strategy,
-                             name=f"relayrl-{self.spec.name}-{uuid.uuid4().hex[:8]}")
+        where = self.spec.placement
+        pg = placement_group([self._bundle() for _ in range(k)], strategy=where.strategy.upper(),
+                             name=f"relayrl-{self.spec.name}-{uuid.uuid4().hex[:8]}",
+                             bundle_label_selector=[dict(where.node_labels)] * k if where.node_labels else None)
         try:
             ray.get(pg.ready(), timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:
@@ -139,6 +144,13 @@ class ActorGroup:
     def __len__(self) -> int:
         return len(self.actors)
 
+    def nodes(self, which: Sequence[int] | None = None, timeout: float = 60.0) -> list[str]:
+        """The Ray node id each actor (or each of `which`) runs on, asked of the actor itself: a
+        busy actor answers when its current call ends."""
+        which = range(len(self.actors)) if which is None else which
+        return wait_all([self.actors[i].__ray_call__.remote(_node_id) for i in which],
+                        [f"{self.spec.name}[{i}]" for i in which], "node lookup", timeout)
+
     def call_async(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
         """Call `method` with the same arguments on every actor; returns the refs (no waiting)."""
         return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
@@ -173,6 +185,33 @@ class ActorGroup:
             ray.kill(a)
         for pg in self.pgs:
             remove_placement_group(pg)
+
+
+def _node_id(_actor: Any) -> str:  # runs inside an actor (ActorGroup.nodes)
+    return ray.get_runtime_context().get_node_id()
+
+
+def placement(groups: dict[str, ActorGroup]) -> dict[str, list[dict[str, Any]]]:
+    """Where every actor of `groups` runs: per group, per actor, its node's id, IP and Ray labels."""
+    return {name: [node_facts(nid) for nid in group.nodes()] for name, group in groups.items()}
+
+
+def node_facts(node_id: str) -> dict[str, Any]:
+    info = next((n for n in ray.nodes() if n["NodeID"] == node_id), {})
+    return {"node_id": node_id, "ip": info.get("NodeManagerAddress", "?"),
+            "labels": {k: v for k, v in (info.get("Labels") or {}).items() if not k.startswith("ray.io/")}}
+
+
+def placement_line(where: dict[str, list[dict[str, Any]]]) -> str:
+    """One line for the run's start: which actors run on which node."""
+    by_node: dict[str, list[str]] = {}
+    for name, actors in where.items():
+        for i, a in enumerate(actors):
+            label = ",".join(f"{k}={v}" for k, v in sorted(a["labels"].items()))
+            by_node.setdefault(f"{a['ip']} {a['node_id'][:8]}" + (f" ({label})" if label else ""), []).append(f"{name}[{i}]")
+    if len(by_node) == 1:
+        return f"placement: every actor on one Ray node, {next(iter(by_node))}"
+    return "placement: " + "; ".join(f"{' '.join(names)} on {node}" for node, names in by_node.items())
 
 
 def wait_all(refs: list[ray.ObjectRef], names: list[str], what: str, timeout: float | None,

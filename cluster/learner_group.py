@@ -37,7 +37,7 @@ class LearnerGroup:
         env = {"TOKENIZERS_PARALLELISM": "false"}
         if cfg.threads_per_rank:
             env["OMP_NUM_THREADS"] = str(cfg.threads_per_rank)
-        self.group = ActorGroup(GroupSpec("learner", K, cfg.cpus_per_rank, cfg.gpus_per_rank, env=env),
+        self.group = ActorGroup(GroupSpec("learner", K, cfg.cpus_per_rank, cfg.gpus_per_rank, cfg.placement, env=env),
                                 LearnerRank, args_for=lambda i: ((), {}))
         try:
             ips = [ip for ip, _ in self._call("node_info")]

@@ -3,7 +3,8 @@
 Every actor group (cluster/actor_group.py) reserves one placement-group bundle per actor, and a
 bundle must fit on one node. `demand(cfg)` lists the groups a run places (the same sizes the
 GroupSpecs of cluster/learner_group.py and cluster/rollout_pool.py ask for); `shortfall` compares
-them with what a cluster has. It runs twice: from the config alone when cluster.num_cpus sizes a
+them with what a cluster's nodes have (and the Ray labels that let a group onto a node:
+PlacementConfig.node_labels). It runs twice: from the config alone when cluster.num_cpus sizes a
 local cluster (cluster/validate.py), and with Ray's own view right after ray.init
 (cluster/run_setup.py). A topology that cannot be placed is refused with what it needs and what
 there is, instead of a placement group that waits and then times out. Import-light: no ray.
@@ -24,6 +25,18 @@ class GroupDemand:
     cpus: float  # per actor
     gpus: float  # per actor
     knobs: tuple[str, str, str]  # the config fields behind (actors, cpus, gpus), for the message
+    strategy: str = "pack"  # PlacementConfig.strategy
+    labels: tuple[tuple[str, str], ...] = ()  # PlacementConfig.node_labels, as sorted pairs
+
+    @property
+    def section(self) -> str:  # the config section that holds this group's placement
+        return self.knobs[0].split(".")[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    resources: Mapping[str, float]  # "CPU", "GPU", ...
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def demand(cfg: Any) -> list[GroupDemand]:
@@ -33,18 +46,22 @@ def demand(cfg: Any) -> list[GroupDemand]:
     scale = cfg.rollout.autoscale
     workers, workers_knob = ((max(cfg.rollout.num_workers, scale.max_workers), "rollout.autoscale.max_workers")
                              if scale.enabled else (cfg.rollout.num_workers, "rollout.num_workers"))
+
+    def where(placement: Any) -> dict[str, Any]:
+        return {"strategy": placement.strategy, "labels": tuple(sorted(placement.node_labels.items()))}
+
     groups = [
         GroupDemand("learner", cfg.learner.num_ranks, cfg.learner.cpus_per_rank, cfg.learner.gpus_per_rank,
-                    ("learner.num_ranks", "learner.cpus_per_rank", "learner.gpus_per_rank")),
+                    ("learner.num_ranks", "learner.cpus_per_rank", "learner.gpus_per_rank"), **where(cfg.learner.placement)),
         GroupDemand("rollout", workers, cfg.rollout.cpus_per_worker,
                     float(cfg.rollout.tensor_parallel_size) if cuda else 0.0,
-                    (workers_knob, "rollout.cpus_per_worker", "rollout.tensor_parallel_size")),
+                    (workers_knob, "rollout.cpus_per_worker", "rollout.tensor_parallel_size"), **where(cfg.rollout.placement)),
         GroupDemand("reward", cfg.reward.num_scorers, cfg.reward.cpus_per_scorer, 0.0,
-                    ("reward.num_scorers", "reward.cpus_per_scorer", "")),
+                    ("reward.num_scorers", "reward.cpus_per_scorer", ""), **where(cfg.reward.placement)),
     ]
     if cfg.reward.model_path:
         groups.append(GroupDemand("reward_model", 1, max(cfg.reward.cpus_per_scorer, MIN_BUNDLE_CPU), 0.0,
-                                  ("reward.model_path", "reward.cpus_per_scorer", "")))
+                                  ("reward.model_path", "reward.cpus_per_scorer", ""), **where(cfg.reward.placement)))
     return [dataclasses.replace(g, cpus=MIN_BUNDLE_CPU) if not (g.cpus or g.gpus) else g for g in groups]
 
 
@@ -52,14 +69,13 @@ def total(groups: Sequence[GroupDemand], resource: str) -> float:
     return sum(g.actors * _per_actor(g, resource) for g in groups)
 
 
-def shortfall(groups: Sequence[GroupDemand], have: Mapping[str, float], where: str,
-              largest_node: Optional[Mapping[str, float]] = None) -> list[str]:
-    """What does not fit: the sum of each resource ("CPU", "GPU") in `have`, and (given the largest
-    node's resources) any one actor's bundle. `where` names the cluster in the message."""
+def shortfall(groups: Sequence[GroupDemand], nodes: Sequence[Node], where: str) -> list[str]:
+    """What does not fit on `nodes` (`where` names the cluster in the message): the sum of each
+    resource, then per group the nodes its labels allow — their sum, the largest of them (a bundle
+    cannot span nodes), and under strict_spread one node per actor."""
     problems = []
+    have = {res: sum(n.resources.get(res, 0.0) for n in nodes) for res in ("CPU", "GPU")}
     for res in ("CPU", "GPU"):
-        if res not in have:
-            continue
         need = total(groups, res)
         if need > have[res] + 1e-9:
             parts = " + ".join(f"{g.name} {g.actors} x {_per_actor(g, res):g} ({g.knobs[0]} x {_knob(g, res)})"
@@ -67,11 +83,41 @@ def shortfall(groups: Sequence[GroupDemand], have: Mapping[str, float], where: s
             fix = ("lower one of those" if res == "CPU" or have[res] else
                    "no GPU is visible to Ray here: use cluster.device=cpu, or run on a machine with GPUs")
             problems.append(f"the actors need {need:g} {res}s, {parts}, but {where} has {have[res]:g}: {fix}")
-        elif largest_node is not None:  # the sum fits; does each actor fit on one node?
-            node = largest_node.get(res, 0.0)
-            problems += [f"one {g.name} actor asks for {_per_actor(g, res):g} {res}s ({_knob(g, res)}) but the "
-                         f"largest node of {where} has {node:g}: an actor cannot span nodes"
-                         for g in groups if g.actors and _per_actor(g, res) > node + 1e-9]
+    if problems:
+        return problems
+    for g in groups:
+        if g.actors:
+            problems += _group_shortfall(g, nodes, where)
+    return problems
+
+
+def _group_shortfall(g: GroupDemand, nodes: Sequence[Node], where: str) -> list[str]:
+    allowed = [n for n in nodes if all(n.labels.get(k) == v for k, v in g.labels)]
+    if not allowed:
+        seen = sorted({f"{k}={v}" for n in nodes for k, v in n.labels.items() if not k.startswith("ray.io/")})
+        return [f"{g.name}: no node of {where} carries the labels {dict(g.labels)} ({g.section}.placement.node_labels); "
+                f"its nodes' labels: {', '.join(seen) or 'none'} (set them with `ray start --labels k=v`)"]
+    problems = []
+    scope = f"the {len(allowed)} node(s) of {where} labelled {dict(g.labels)}" if g.labels else where
+    for res in ("CPU", "GPU"):
+        per = _per_actor(g, res)
+        if not per:
+            continue
+        room = [n.resources.get(res, 0.0) for n in allowed]
+        if g.actors * per > sum(room) + 1e-9:
+            problems.append(f"{g.name}: {g.actors} actors x {per:g} {res}s ({g.knobs[0]} x {_knob(g, res)}) do not fit "
+                            f"on {scope}, which have {sum(room):g} {res}s ({g.section}.placement.node_labels)")
+        elif per > max(room) + 1e-9:
+            problems.append(f"one {g.name} actor asks for {per:g} {res}s ({_knob(g, res)}) but the largest node of "
+                            f"{scope} has {max(room):g}: an actor cannot span nodes")
+        elif g.strategy == "strict_pack" and g.actors * per > max(room) + 1e-9:
+            problems.append(f"{g.name}: {g.section}.placement.strategy=strict_pack puts all {g.actors} actors on one "
+                            f"node ({g.actors * per:g} {res}s), but the largest node of {scope} has {max(room):g}: "
+                            f"use pack, or fewer actors")
+        elif g.strategy == "strict_spread" and sum(r + 1e-9 >= per for r in room) < g.actors:
+            problems.append(f"{g.name}: {g.section}.placement.strategy=strict_spread puts each of the {g.actors} actors "
+                            f"on its own node, but only {sum(r + 1e-9 >= per for r in room)} node(s) of {scope} can "
+                            f"hold one: use spread, or add nodes")
     return problems
 
 

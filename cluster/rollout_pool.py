@@ -29,7 +29,8 @@ from actors.reward.model_rm import ModelRewardScorer
 from actors.reward.scorer import RewardScorer, group_seconds_bound
 from actors.rollout import RolloutWorker
 from actors.types import Group
-from cluster.actor_group import ActorCallTimeout, ActorGroup, GroupSpec
+from cluster.actor_group import ActorCallTimeout, ActorGroup, GroupSpec, node_facts
+from cluster.resources import MIN_BUNDLE_CPU
 
 log = logging.getLogger("relayrl")
 
@@ -61,7 +62,8 @@ class RolloutPool:
         self.rollout_cfg, self.reward_cfg = rollout, reward
         self.workers = ActorGroup(
             GroupSpec("rollout", rollout.num_workers, rollout.cpus_per_worker,
-                      float(rollout.tensor_parallel_size) if device == "cuda" else 0.0, env=rollout_env()),
+                      float(rollout.tensor_parallel_size) if device == "cuda" else 0.0, rollout.placement,
+                      env=rollout_env()),
             RolloutWorker,
             args_for=lambda i: ((model_path, rollout, dtype), {"worker_index": i, "device": device}),
             # partial rollouts: a weight push runs beside the generation in progress (the worker
@@ -70,7 +72,7 @@ class RolloutPool:
         )
         specs = [{"name": f.name, "weight": f.weight, "params": dict(f.params)} for f in reward.functions]
         self.scorers = ActorGroup(
-            GroupSpec("reward", reward.num_scorers, reward.cpus_per_scorer),
+            GroupSpec("reward", reward.num_scorers, reward.cpus_per_scorer, placement=reward.placement),
             RewardScorer,
             args_for=lambda i: ((specs,), {"timeout_s": reward.timeout_s}),
             max_concurrency=4,  # scoring is I/O- or subprocess-bound: overlap several groups per actor
@@ -83,7 +85,7 @@ class RolloutPool:
         self.reward_model = None
         if reward.model_path:  # a sequence-classification RM on its own actor, after the rule scorers
             self.reward_model = ActorGroup(
-                GroupSpec("reward_model", 1, max(reward.cpus_per_scorer, 0.01)),
+                GroupSpec("reward_model", 1, max(reward.cpus_per_scorer, MIN_BUNDLE_CPU), placement=reward.placement),
                 ModelRewardScorer,
                 args_for=lambda i: ((reward.model_path,), {"batch_size": reward.model_batch_size, "device": device}),
             )
@@ -196,6 +198,9 @@ class RolloutPool:
         self.workers.replace(i, error, self.rollout_cfg.max_restarts, "rollout.max_restarts")
         if self.on_replaced is not None:
             self.on_replaced([i])
+        where = node_facts(self.workers.nodes([i])[0])
+        log.warning("rollout[%d] replaced: the new worker runs on node %s %s%s", i, where["ip"], where["node_id"][:8],
+                    "".join(f" {k}={v}" for k, v in sorted(where["labels"].items())))
 
     def scale_to(self, n: int) -> list[int]:
         """n rollout workers: new ones are placed and started (indices returned; they still need the

@@ -4,6 +4,7 @@ actor groups (learner ranks, rollout workers with reward scorers, the weight-syn
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -17,7 +18,7 @@ from cluster.logs import quiet_driver, to_console, worker_runtime_env
 from cluster.data import PromptSet, PromptStream, load_prompt_set, prompt_format_from_config
 from cluster.model_check import check_model_dir
 from cluster.network import local_ray, loopback_env
-from cluster.resources import demand, shortfall, total
+from cluster.resources import Node, demand, shortfall, total
 
 
 @dataclasses.dataclass
@@ -125,13 +126,20 @@ def start_ray(cfg: RunConfig, run_dir: Path) -> None:
         runtime_env = {**runtime_env, "env_vars": {**runtime_env.get("env_vars", {}), **loopback_env()}}
         with local_ray() as loopback:
             ray.init(num_cpus=num_cpus, runtime_env=runtime_env, **loopback, **quiet)
-    have = ray.cluster_resources()
-    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    largest = {r: max((n.get(r, 0.0) for n in nodes), default=0.0) for r in ("CPU", "GPU")}
-    problems = shortfall(groups, {r: have.get(r, 0.0) for r in ("CPU", "GPU")}, "the Ray cluster", largest)
+    nodes = [Node(n["Resources"], n.get("Labels") or {}) for n in ray.nodes() if n["Alive"]]
+    problems = shortfall(groups, nodes, "the Ray cluster")
     if problems:
         ray.shutdown()
         raise ConfigError("the cluster cannot hold this run's actors:\n  " + "\n  ".join(problems))
+
+
+def record_placement(run_dir: Path, groups: dict[str, Any]) -> str:
+    """Where each actor landed (node id, IP, Ray labels) -> RUN_DIR/placement.json; the line for the log."""
+    from cluster.actor_group import placement, placement_line
+
+    where = placement(groups)
+    (run_dir / "placement.json").write_text(json.dumps(where, indent=1))
+    return placement_line(where)
 
 
 def start_learner(cfg: RunConfig, model_path: str) -> Any:
@@ -182,6 +190,9 @@ def start_run(cfg: RunConfig) -> Run:
         raise
     sync = WeightSync(learner, rollout, cfg.weight_sync, cfg.cluster.device)
     sync.setup()
+    notes.append(record_placement(run_dir, {"learner": learner.group, "rollout": rollout.workers,
+                                            "reward": rollout.scorers,
+                                            **({"reward_model": rollout.reward_model} if rollout.reward_model else {})}))
 
     probe_prompt = tokenizer(train_prompts[0]["prompt"], add_special_tokens=False)["input_ids"]
     probe_tail = tokenizer(" 0123456789 relayrl probe", add_special_tokens=False)["input_ids"]

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from actors.reward.scorer import RewardScorer
 from cluster.config import ConfigError, RunConfig
-from cluster.resources import demand, shortfall
+from cluster.resources import Node, demand, shortfall
 from learner.algorithms import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, NEEDS_CRITIC, OFF_POLICY, SURROGATES
 
 CHECKS: dict[str, Callable[[RunConfig], Optional[str]]] = {}
@@ -184,7 +184,7 @@ def resources_fit(cfg: RunConfig) -> Optional[str]:
     if cfg.cluster.address:
         return ("cluster.num_cpus sizes the local Ray cluster relayrl starts; with cluster.address the cluster "
                 "exists already and has its own: remove cluster.num_cpus")
-    problems = shortfall(groups, {"CPU": cfg.cluster.num_cpus}, "the local cluster (cluster.num_cpus)")
+    problems = shortfall(groups, [Node({"CPU": float(cfg.cluster.num_cpus)})], "the local cluster (cluster.num_cpus)")
     return "; ".join(f"{p} (or raise cluster.num_cpus)" for p in problems) or None
 
 

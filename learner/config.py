@@ -38,6 +38,18 @@ def field_choices(schema: Any, name: str) -> tuple:
 
 
 @dataclasses.dataclass
+class PlacementConfig:
+    """Where one actor group goes. Each actor is one placement-group bundle (its CPUs and GPUs on one
+    node); the group's bundles are placed together by `strategy` (Ray's placement-group strategies:
+    pack = as few nodes as possible, spread = as many as possible, strict_* = exactly one node /
+    one node per actor or fail). `node_labels`: only nodes carrying all these Ray labels (`ray start
+    --labels relayrl/role=rollout`, a KubeRay group's rayStartParams) take this group's actors."""
+
+    strategy: str = one_of("pack", "spread", "strict_pack", "strict_spread", default="pack")
+    node_labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class AlgorithmConfig:
     """A policy-gradient loss is three independent choices plus regularisers.
 
@@ -88,6 +100,7 @@ class LearnerConfig:
     cpu_cores: list[int] = field(default_factory=list)
     cpus_per_rank: float = 1.0  # Ray resources
     gpus_per_rank: float = 0.0
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     seed: int = 0
     extra_deepspeed: dict[str, Any] = field(default_factory=dict)  # merged into the DeepSpeed config
     moe_aux_loss_coef: Optional[float] = None  # None keeps the model config's router aux loss coef

@@ -7,7 +7,7 @@ import pytest
 
 from cluster.config import load_config
 from cluster.network import loopback_env, loopback_interface
-from cluster.resources import demand, shortfall, total
+from cluster.resources import Node, demand, shortfall, total
 from cluster.run_setup import make_run_dir
 
 pytestmark = pytest.mark.unit
@@ -31,24 +31,65 @@ def test_demand_counts_an_autoscaled_pool_at_its_largest_and_the_reward_model():
 
 def test_cpu_shortfall_names_every_term_and_the_cluster():
     groups = demand(load_config(None, ["learner.num_ranks=2"]))
-    [msg] = shortfall(groups, {"CPU": 2.0, "GPU": 0.0}, "the Ray cluster")
+    [msg] = shortfall(groups, [Node({"CPU": 2.0})], "the Ray cluster")
     assert "need 3.01 CPUs" in msg and "has 2" in msg
     assert "learner 2 x 1 (learner.num_ranks x learner.cpus_per_rank)" in msg
     assert "rollout 1 x 1 (rollout.num_workers x rollout.cpus_per_worker)" in msg
-    assert shortfall(groups, {"CPU": 4.0, "GPU": 0.0}, "the Ray cluster") == []
+    assert shortfall(groups, [Node({"CPU": 4.0})], "the Ray cluster") == []
 
 
 def test_gpus_asked_where_there_are_none():
     groups = demand(load_config(None, ["cluster.device=cuda", "learner.gpus_per_rank=1"]))
-    [msg] = shortfall(groups, {"CPU": 64.0, "GPU": 0.0}, "the Ray cluster")
+    [msg] = shortfall(groups, [Node({"CPU": 64.0, "GPU": 0.0})], "the Ray cluster")
     assert "need 2 GPUs" in msg and "learner 1 x 1" in msg and "rollout 1 x 1" in msg
     assert "cluster.device=cpu" in msg
 
 
 def test_an_actor_larger_than_any_node_is_refused_even_when_the_sum_fits():
     groups = demand(load_config(None, ["learner.cpus_per_rank=8"]))
-    [msg] = shortfall(groups, {"CPU": 16.0, "GPU": 0.0}, "the Ray cluster", largest_node={"CPU": 4.0, "GPU": 0.0})
+    [msg] = shortfall(groups, [Node({"CPU": 4.0})] * 4, "the Ray cluster")
     assert "one learner actor asks for 8 CPUs (learner.cpus_per_rank)" in msg and "cannot span nodes" in msg
+
+
+# a 2 x 8-GPU cluster: one node for the learner, one for rollouts (ray start --labels relayrl/role=...)
+TWO_NODES = [Node({"CPU": 32.0, "GPU": 8.0}, {"relayrl/role": "learner"}),
+             Node({"CPU": 32.0, "GPU": 8.0}, {"relayrl/role": "rollout"})]
+GPU_RUN = ["cluster.device=cuda", "learner.gpus_per_rank=1", "learner.placement.node_labels={relayrl/role: learner}",
+           "rollout.placement.node_labels={relayrl/role: rollout}"]
+
+
+def test_labelled_groups_are_checked_against_their_own_nodes_only():
+    fits = demand(load_config(None, GPU_RUN + ["learner.num_ranks=8", "rollout.num_workers=4",
+                                               "rollout.tensor_parallel_size=2"]))
+    assert shortfall(fits, TWO_NODES, "the Ray cluster") == []
+    # 16 GPUs in all would fit the cluster, but the learner's label allows one node of 8
+    [msg] = shortfall(demand(load_config(None, GPU_RUN + ["learner.num_ranks=10", "rollout.num_workers=3"])),
+                      TWO_NODES, "the Ray cluster")
+    assert msg.startswith("learner: 10 actors x 1 GPUs (learner.num_ranks x learner.gpus_per_rank) do not fit")
+    assert "the 1 node(s) of the Ray cluster labelled {'relayrl/role': 'learner'}, which have 8 GPUs" in msg
+
+
+def test_a_label_no_node_carries_names_the_labels_there_are():
+    groups = demand(load_config(None, ["rollout.placement.node_labels={relayrl/role: inference}"]))
+    [msg] = shortfall(groups, TWO_NODES, "the Ray cluster")
+    assert "rollout: no node of the Ray cluster carries the labels {'relayrl/role': 'inference'}" in msg
+    assert "rollout.placement.node_labels" in msg and "relayrl/role=learner, relayrl/role=rollout" in msg
+    # a local cluster has one unlabelled node: refused from the config alone
+    [msg] = shortfall(groups, [Node({"CPU": 8.0})], "the local cluster")
+    assert "its nodes' labels: none" in msg
+
+
+def test_strict_strategies_need_one_node_per_actor_or_one_node_for_all():
+    nodes = [Node({"CPU": 4.0})] * 3
+    spread = demand(load_config(None, ["rollout.num_workers=4", "rollout.placement.strategy=strict_spread",
+                                       "learner.cpus_per_rank=0.5"]))
+    [msg] = shortfall(spread, nodes, "the Ray cluster")
+    assert "strict_spread puts each of the 4 actors on its own node, but only 3 node(s)" in msg
+    assert shortfall(demand(load_config(None, ["rollout.num_workers=4", "rollout.placement.strategy=spread"])),
+                     nodes, "the Ray cluster") == []
+    pack = demand(load_config(None, ["learner.num_ranks=5", "learner.placement.strategy=strict_pack"]))
+    [msg] = shortfall(pack, nodes, "the Ray cluster")
+    assert "strict_pack puts all 5 actors on one node (5 CPUs), but the largest node of the Ray cluster has 4" in msg
 
 
 def test_new_run_directory_is_owner_only_and_a_users_own_keeps_its_mode(tmp_path):
