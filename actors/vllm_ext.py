@@ -5,16 +5,8 @@ and the rollout worker calls its methods with `llm.collective_rpc(name, args=...
 the vLLM worker, so `self.model_runner` is the engine's model runner. Tensors never travel through
 the RPC (it cannot carry them in multiprocess mode): they arrive over a process group.
 
-Protocol (the learner's sender follows it exactly):
-- manifest: `list[(name, dtype, shape)]` in send order. `name` is the Hugging Face checkpoint name
-  (what `save_pretrained` writes; per-expert names for MoE), `dtype` a torch dtype name such as
-  "float32" or "bfloat16". `lm_head.weight` is sent even when the embeddings are tied.
-- buckets: `list[list[int]]`, indices into the manifest; every index exactly once; one dtype per
-  bucket. The sender broadcasts each bucket from group rank 0 as ONE flat 1-D tensor of that dtype:
-  the bucket's tensors' `.reshape(-1)` concatenated in bucket order.
-- group: `vllm.distributed.utils.stateless_init_torch_distributed_process_group(host, port, rank,
-  world_size, backend, timeout=...)`; the learner is rank 0, this worker's TP rank r of rollout
-  worker i joins as `rank_offset_i + r`. gloo on CPU; nccl on CUDA.
+The protocol (manifest, bucket plan, flat tensors, group ranks) is learner/weight_protocol.py's;
+this module is the engine's end of it.
 
 Set-up checks the manifest against what the engine expects, both ways, before joining the group:
 vLLM silently ignores names it does not know and silently keeps old values for names it is not
@@ -30,7 +22,9 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-Manifest = Sequence[tuple[str, str, Sequence[int]]]
+from learner.weight_protocol import ManifestEntry, check_plan, empty_flat, manifest_bytes, split_flat
+
+Manifest = Sequence[ManifestEntry]
 Buckets = Sequence[Sequence[int]]
 
 
@@ -63,15 +57,9 @@ def checkpoint_weights(model_dir: str | Path, tied_embeddings: bool) -> dict[str
     return out
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    dt = getattr(torch, str(name).removeprefix("torch."), None)
-    if not isinstance(dt, torch.dtype):
-        raise ValueError(f"weight sync manifest: {name!r} is not a torch dtype name (e.g. 'float32', 'bfloat16')")
-    return dt
-
-
 def check_manifest(manifest: Manifest, buckets: Buckets, expected: dict[str, list[int]]) -> None:
-    """Raise ValueError naming every problem: unknown names, missing names, shape mismatches, a bad plan."""
+    """Raise ValueError naming every problem: unknown names, missing names, shape mismatches (this
+    engine's concern), and whatever the protocol's `check_plan` finds (dtypes, bucket plan)."""
 
     def some(names: list[str]) -> str:
         return ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
@@ -91,26 +79,10 @@ def check_manifest(manifest: Manifest, buckets: Buckets, expected: dict[str, lis
                  if n in expected and list(s) != list(expected[n])]
     if bad_shape:
         problems.append(f"shape mismatch: {some(bad_shape)}")
-    for _, dt, _ in manifest:
-        torch_dtype(dt)
-    flat = [i for b in buckets for i in b]
-    if sorted(flat) != list(range(len(manifest))):
-        problems.append(f"bucket plan must cover manifest indices 0..{len(manifest) - 1} exactly once "
-                        f"(got {len(flat)} indices, {len(set(flat))} distinct)")
-    else:
-        mixed = [j for j, b in enumerate(buckets) if len({manifest[i][1] for i in b}) > 1]
-        if mixed:
-            problems.append(f"buckets {mixed[:10]} mix dtypes (each bucket must have one dtype)")
+    problems += check_plan(manifest, buckets)
     if problems:
         raise ValueError("weight sync manifest does not match the rollout engine's model:\n  - "
                          + "\n  - ".join(problems))
-
-
-def numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 # ---- the extension ---------------------------------------------------------------------------------
@@ -127,7 +99,7 @@ class WeightReceiver:
         model_config = self.model_runner.vllm_config.model_config
         tied = bool(getattr(model_config.hf_text_config, "tie_word_embeddings", False))
         check_manifest(manifest, buckets, checkpoint_weights(model_config.model, tied))
-        self._relayrl_manifest = [(n, torch_dtype(dt), [int(d) for d in s]) for n, dt, s in manifest]
+        self._relayrl_manifest = [(n, dt, [int(d) for d in s]) for n, dt, s in manifest]
         self._relayrl_buckets = [list(b) for b in buckets]
         self._relayrl_timeout = timedelta(seconds=float(timeout_s))
         self.close_weight_sync()  # a re-initialisation (e.g. after a learner restart) replaces the old group
@@ -139,7 +111,7 @@ class WeightReceiver:
         # GPU-only: NCCL needs the flat buffers on this worker's device; gloo takes CPU tensors.
         self._relayrl_device = self.model_runner.device if backend == "nccl" else torch.device("cpu")
         return {"rank": rank, "tensors": len(manifest), "buckets": len(buckets),
-                "bytes": sum(numel(s) * dt.itemsize for _, dt, s in self._relayrl_manifest)}
+                "bytes": manifest_bytes(self._relayrl_manifest)}
 
     def receive_weights(self, version: int) -> dict[str, float]:
         """Receive every bucket and load the weights in place as `version`. Collective: the sender
@@ -170,17 +142,12 @@ class WeightReceiver:
         # Lazy: one bucket is received when the loader asks for its first tensor, so at most about one
         # bucket of extra memory is alive (plus what the layerwise reload buffers per layer).
         for bucket in self._relayrl_buckets:
-            entries = [self._relayrl_manifest[i] for i in bucket]
-            flat = torch.empty(sum(numel(s) for _, _, s in entries), dtype=entries[0][1], device=self._relayrl_device)
+            flat = empty_flat(self._relayrl_manifest, bucket, self._relayrl_device)
             t = time.perf_counter()
             self._relayrl_pg.broadcast(flat, 0, self._relayrl_timeout).wait()
             stats["recv_seconds"] += time.perf_counter() - t
             stats["bytes"] += flat.numel() * flat.element_size()
-            offset = 0
-            for name, _, shape in entries:
-                n = numel(shape)
-                yield name, flat[offset:offset + n].view(shape)
-                offset += n
+            yield from split_flat(flat, self._relayrl_manifest, bucket)
 
     def close_weight_sync(self) -> None:
         pg = getattr(self, "_relayrl_pg", None)

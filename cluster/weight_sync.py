@@ -19,6 +19,7 @@ import ray
 
 from cluster.actor_group import ActorLost, wait_all
 from cluster.config import WeightSyncConfig
+from learner.weight_protocol import manifest_bytes
 
 
 log = logging.getLogger("relayrl")
@@ -39,7 +40,7 @@ class WeightSync:
     def setup(self) -> None:
         bucket_bytes = int(self.cfg.bucket_mb * (1 << 20))
         manifest, buckets = self.learner.weight_plan(bucket_bytes)
-        self.bytes = sum(_nbytes(dtype, shape) for _, dtype, shape in manifest)
+        self.bytes = manifest_bytes(manifest)
         host, port = self.learner.weight_sync_address()
         world = self.rollout.world_size()
         timeout = self.cfg.timeout_s
@@ -112,10 +113,3 @@ class WeightSync:
         names = [f"learner[{i}]" for i in range(len(learner_refs))] + [f"rollout[{i}]" for i in range(len(worker_refs))]
         wait_all([*learner_refs, *worker_refs], names, what, self.cfg.timeout_s, "weight_sync.timeout_s")
 
-
-def _nbytes(dtype: str, shape: list[int]) -> int:
-    size = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}.get(dtype.replace("torch.", ""), 4)
-    n = 1
-    for d in shape:
-        n *= d
-    return n * size

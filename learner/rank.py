@@ -25,7 +25,8 @@ from learner import train_step as steps
 from learner.batch import LearnerBatch
 from learner.config import AlgorithmConfig, LearnerConfig
 from learner.logprobs import MicroBatch, response_logprobs
-from learner.weight_sync import ManifestEntry, WeightLayout, WeightSender, full_shape, gathered, listen_socket
+from learner.weight_protocol import ManifestEntry
+from learner.weight_sync import WeightLayout, WeightSender, full_shape, gathered, listen_socket
 
 
 class LearnerRank:
@@ -227,7 +228,7 @@ class LearnerRank:
         self._barrier()
         return directory if self.rank == 0 else None
 
-    # ---- weight sync (send side; protocol in learner/weight_sync.py) -----------------------------
+    # ---- weight sync (send side; protocol in learner/weight_protocol.py) -------------------------
     def weight_manifest(self) -> list[ManifestEntry]:
         return self._weight_layout().manifest
 

@@ -4,7 +4,7 @@ For code that drives a rollout worker's weight sync without running the whole le
 integration tests and scripts/bench_rollout.py):
 
 - `WeightSender`: a stand-in for learner rank 0 in a spawned process. It joins the weight-sync group
-  as rank 0 and broadcasts (perturbed) checkpoints following the protocol in learner/weight_sync.py —
+  as rank 0 and broadcasts (perturbed) checkpoints following the protocol in learner/weight_protocol.py —
   either straight from a checkpoint's state dict (`prepare`/`start_broadcast`; manifest from
   `manifest_of`, buckets from the protocol's own `plan_buckets`), or with the learner's real sender
   (`learner.weight_sync.WeightSender`) on a transformers model (`learner_*`). Not to be confused with
@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from learner.weight_sync import ManifestEntry, dtype_name, init_group, plan_buckets
+from learner.weight_protocol import ManifestEntry, dtype_name, flatten, plan_buckets
+from learner.weight_sync import init_group
 
 
 def free_port() -> int:
@@ -143,8 +144,7 @@ def _serve(conn) -> None:
                 if kw.get("seed") is not None:
                     sd = perturbed(sd, kw["seed"], kw["scale"])
                 manifest, buckets = plan(sd, kw["bucket_bytes"])
-                # the protocol's flat tensor per bucket: its tensors, reshape(-1), in manifest order
-                flats = [torch.cat([sd[manifest[i][0]].reshape(-1) for i in bucket]) for bucket in buckets]
+                flats = [flatten([sd[manifest[i][0]] for i in bucket]) for bucket in buckets]
                 conn.send(("ok", {"buckets": len(buckets)}))
             elif cmd == "broadcast":
                 for flat in flats:

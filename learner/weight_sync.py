@@ -1,22 +1,7 @@
 """The send side of the weight broadcast: learner rank 0 -> every rollout worker, bucketed.
 
-PROTOCOL (the rollout side's receive code follows it exactly)
-------------------------------------------------------------
-manifest  list of (name, dtype, shape): `name` is the Hugging Face checkpoint name (what
-          save_pretrained writes: `model.state_dict()` keys, `lm_head.weight` INCLUDED even when
-          tied to the embeddings, MoE experts per expert — `experts.{e}.gate_proj.weight` — not
-          transformers 5's fused in-memory `experts.gate_up_proj`), `dtype` a torch dtype name
-          without the "torch." prefix ("float32", "bfloat16"), `shape` a list of ints. The list
-          order is the send order.
-buckets   `plan_buckets(manifest, bucket_bytes)`: lists of consecutive manifest indices, one dtype
-          per bucket, each <= bucket_bytes unless a single tensor is larger (then alone).
-group     `vllm.distributed.utils.stateless_init_torch_distributed_process_group(host, port,
-          rank, world_size=1 + rollout ranks, backend)`; learner rank 0 is rank 0, rollout
-          ranks are 1..W. gloo on CPU, nccl on GPU.
-update    for each bucket, in order: rank 0 broadcasts (root 0) ONE flat 1-D tensor of the
-          bucket's dtype: the bucket's tensors, each `.reshape(-1)`, concatenated in manifest
-          order. Nothing else travels on the group (the version is agreed by the driver's calls).
-          Receivers split the flat tensor by the manifest shapes.
+The protocol (manifest, bucket plan, flat tensors, group) is described and implemented in
+learner/weight_protocol.py; this module is the learner's machinery around it.
 
 All learner ranks call `broadcast_weights` (ZeRO-3 parameters are gathered collectively, one
 bucket at a time, so rank 0's extra memory stays around a bucket plus one fused tensor);
@@ -28,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import math
 import socket
 import time
 from datetime import timedelta
@@ -36,51 +20,7 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
-ManifestEntry = tuple[str, str, list[int]]
-
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4,
-                "uint8": 1, "int8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def entry_bytes(entry: ManifestEntry) -> int:
-    _, dtype, shape = entry
-    return math.prod(shape) * _DTYPE_BYTES[dtype]
-
-
-def plan_buckets(manifest: Sequence[ManifestEntry], bucket_bytes: int) -> list[list[int]]:
-    """Consecutive manifest indices grouped into buckets of one dtype and <= bucket_bytes each
-    (a tensor larger than bucket_bytes travels alone)."""
-    if bucket_bytes <= 0:
-        raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
-    buckets: list[list[int]] = []
-    size, dtype = 0, None
-    for i, entry in enumerate(manifest):
-        nbytes = entry_bytes(entry)
-        if buckets and entry[1] == dtype and size + nbytes <= bucket_bytes:
-            buckets[-1].append(i)
-            size += nbytes
-        else:
-            buckets.append([i])
-            size, dtype = nbytes, entry[1]
-    return buckets
-
-
-def split_flat(flat: torch.Tensor, manifest: Sequence[ManifestEntry], bucket: Sequence[int]) -> list[tuple[str, torch.Tensor]]:
-    """The receiver's half of the protocol: (name, tensor view) of each manifest entry in `bucket`."""
-    expected = sum(math.prod(manifest[i][2]) for i in bucket)
-    if expected != flat.numel():
-        raise ValueError(f"flat bucket has {flat.numel()} elements, manifest says {expected}")
-    out, offset = [], 0
-    for i in bucket:
-        name, _, shape = manifest[i]
-        n = math.prod(shape)
-        out.append((name, flat[offset:offset + n].view(shape)))
-        offset += n
-    return out
+from learner.weight_protocol import ManifestEntry, dtype_name, empty_flat, flatten, plan_buckets, split_flat
 
 
 def listen_socket(host: str, port: int = 0) -> socket.socket:
@@ -200,7 +140,7 @@ class WeightSender:
         for tensors in self.layout.iter_buckets(self.buckets, materialise=self.rank == 0):
             if self.rank != 0:
                 continue
-            flat = torch.cat([t.reshape(-1) for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1).contiguous()
+            flat = flatten(tensors)
             in_flight.append((self.group.broadcast(flat, 0), flat))
             sent += flat.numel() * flat.element_size()
             while len(in_flight) > max_in_flight:
@@ -222,7 +162,6 @@ def receive(group, manifest: Sequence[ManifestEntry], buckets: Sequence[Sequence
 
     Used by tests and the benchmark; the vLLM worker has its own, loading in place."""
     for bucket in buckets:
-        dtype = getattr(torch, manifest[bucket[0]][1])
-        flat = torch.empty(sum(math.prod(manifest[i][2]) for i in bucket), dtype=dtype, device=device)
+        flat = empty_flat(manifest, bucket, device)
         group.broadcast(flat, 0).wait()
         yield from split_flat(flat, manifest, bucket)

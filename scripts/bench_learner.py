@@ -8,7 +8,7 @@
    size 1 it pays DeepSpeed's per-module parameter fetch/release in every forward and backward
    with nothing to shard, so it sits lower by design (measured ~0.7-0.85x).
 2. Weight broadcast by model size (~0.3M, ~10M, ~60M parameters): a world-size-1 learner rank sends
-   every bucket of the protocol (learner/weight_sync.py) to a plain receiver process (rank 1 of the
+   every bucket of the protocol (learner/weight_protocol.py) to a plain receiver process (rank 1 of the
    gloo group, no vLLM engine), which checks what it got. Seconds per full update and MB/s.
 
 Run (takes a few minutes; it is a heavy job, so take the machine's lock):

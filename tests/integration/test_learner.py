@@ -277,6 +277,7 @@ def test_export_matches_learner_and_transformers(zero3_two_ranks, tiny, tmp_path
 def receive_broadcast(group, bucket_bytes: int, versions=(1,)):
     """Play rollout rank 1: join the weight-sync group, receive `versions` full updates.
     Returns (the last update's {name: tensor}, manifest)."""
+    from learner.weight_protocol import check_plan, manifest_bytes
     from learner.weight_sync import init_group, receive
 
     host, port = group.weight_sync_address()
@@ -286,13 +287,13 @@ def receive_broadcast(group, bucket_bytes: int, versions=(1,)):
     t.start()
     manifest, buckets = ray.get(init_refs, timeout=90)[0]
     t.join(timeout=90)
-    assert [i for b in buckets for i in b] == list(range(len(manifest)))
+    assert [i for b in buckets for i in b] == list(range(len(manifest))) and check_plan(manifest, buckets) == []
     for version in versions:
         refs = group.broadcast_weights(version)
         got = dict(receive(box["pg"], manifest, buckets))
         stats = ray.get(refs, timeout=90)
         assert [name for name, _, _ in manifest] == list(got)
-        assert stats[0]["bytes"] == sum(t.numel() * t.element_size() for t in got.values())
+        assert stats[0]["bytes"] == manifest_bytes(manifest) == sum(t.numel() * t.element_size() for t in got.values())
         assert stats[0]["version"] == version
     box["pg"].shutdown()
     return got, manifest

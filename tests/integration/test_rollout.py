@@ -20,7 +20,7 @@ from learner.sender_process import (
     WeightSender, free_port, hf_logprobs, load_checkpoint, manifest_of, max_abs_diff, perturbed, plan,
     sampler_vs_hf, write_model_dir,
 )
-from learner.weight_sync import entry_bytes
+from learner.weight_protocol import manifest_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -224,7 +224,7 @@ def test_weight_update_loads_exactly_the_new_weights(engine, sender, tiny_model_
 
     info = update(engine, sender, Path(tiny_model_dir), seed=1, scale=0.05, version=1, tmp=tmp_path / "v1")
     assert w.version == 1 and info["version"] == 1
-    assert info["bytes"] == sum(map(entry_bytes, manifest_of(load_checkpoint(tiny_model_dir))))
+    assert info["bytes"] == manifest_bytes(manifest_of(load_checkpoint(tiny_model_dir)))
     print(f"\ndense update: {info}")
 
     after = w.generate(ps, 4)  # same prompts: a stale prefix cache would show here
