@@ -30,6 +30,7 @@ sampled from then on carry the new version. Generations and probes still run one
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -48,10 +49,16 @@ _EXTRA_SAMPLING_KEYS = ("ignore_eos", "stop_token_ids", "seed")
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str, worker_index: int = 0, device: str = "cpu"):
+    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str, worker_index: int = 0, device: str = "cpu",
+                 colocated: bool = False):
         self.model_path, self.cfg, self.worker_index, self.device = model_path, cfg, worker_index, device
         self._version = 0
         self._weight_sync = False
+        # colocated (cluster.colocate): the engine sleeps while the learner beside it computes; what is
+        # asleep ("weights", "kv_cache") and the last engine calls, in order, for the driver to check
+        self.colocated = colocated
+        self._asleep: set[str] = set()
+        self._events: collections.deque = collections.deque(maxlen=256)
         # One engine step (or weight load, or probe) at a time; a waiting load goes before the next step.
         self._engine_lock = threading.Condition()
         self._loads_waiting = 0
@@ -88,9 +95,10 @@ class RolloutWorker:
             worker_extension_cls="actors.vllm_ext.WeightReceiver",
         )
         if device == "cuda":
-            # GPU-only: tensor parallelism and a KV cache sized as a share of GPU memory.
+            # GPU-only: tensor parallelism and a KV cache sized as a share of GPU memory; colocated
+            # engines can sleep (vLLM's CPU build has no sleep mode).
             kwargs.update(tensor_parallel_size=cfg.tensor_parallel_size,
-                          gpu_memory_utilization=cfg.gpu_memory_utilization)
+                          gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=colocated)
         else:
             # On CPU vLLM would otherwise reserve gpu_memory_utilization x host RAM and refuse to start.
             kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * (1 << 30))
@@ -147,6 +155,7 @@ class RolloutWorker:
         params = [self._sampling_params(n, sampling, p) for p in prompts]
         with self._generation_lock:
             with self._engine():
+                self._awake("generate")
                 if engine.has_unfinished_requests():
                     raise RuntimeError("RolloutWorker runs one generation at a time; the engine still has requests")
                 self._reset_stale_prefix_cache()
@@ -281,6 +290,7 @@ class RolloutWorker:
                 raise ValueError(f"score_logprobs: prompt length {k} outside [1, {len(seq)}]")
         t = self.cfg.sampling.temperature if temperature is None else float(temperature)
         with self._generation_lock, self._engine(load=True):  # never inside a generation's engine loop
+            self._awake("probe")
             self._reset_stale_prefix_cache()
             return self._score(sequences, prompt_lengths, t)
 
@@ -308,7 +318,7 @@ class RolloutWorker:
                          manifest: list, buckets: list, backend: str = "gloo", timeout_s: float = 120.0) -> dict[str, Any]:
         """Check the manifest against the engine (both ways, shapes too) and join the weight-sync group.
 
-        Protocol: actors/vllm_ext.py. Every TP rank of this engine joins as rank_offset + tp_rank.
+        Protocol: learner/weight_protocol.py. Every TP rank of this engine joins as rank_offset + tp_rank.
         """
         with self._engine(load=True):
             infos = self.llm.collective_rpc(
@@ -318,9 +328,28 @@ class RolloutWorker:
 
     def receive_weights(self, version: int) -> dict[str, float]:
         """Receive the learner's broadcast, load it in place and become `version`. Collective with the sender."""
+        return self._load("receive_weights", (int(version),), version)
+
+    def init_weight_file(self, manifest: list, buckets: list) -> dict[str, Any]:
+        """Colocated: check the manifest against the engine; updates then come as a file on this node
+        (`receive_weights_file`), not over the weight-sync group."""
+        with self._engine(load=True):
+            infos = self.llm.collective_rpc("init_weight_file", args=(manifest, buckets))
+        self._weight_sync = True
+        return infos[0]
+
+    def receive_weights_file(self, path: str, version: int) -> dict[str, float]:
+        """Colocated: load the weights the learner rank on this node wrote to `path` (shared memory)."""
+        return self._load("receive_weights_file", (path, int(version)), version)
+
+    def _load(self, method: str, args: tuple, version: int) -> dict[str, float]:
         t0 = time.perf_counter()
         with self._engine(load=True):  # between two engine steps when a generation is in progress
-            stats = self.llm.collective_rpc("receive_weights", args=(int(version),))
+            if "weights" in self._asleep:
+                raise RuntimeError(f"rollout[{self.worker_index}]: weights loaded into a sleeping engine "
+                                   f"(colocated: wake_up(['weights']) first)")
+            stats = self.llm.collective_rpc(method, args=args)
+            self._events.append(f"load v{int(version)}")
             self._version = int(version)
             self.llm.llm_engine.set_weight_version(str(self._version))
             # cached KV blocks were computed by the old weights; while requests still hold blocks the
@@ -333,6 +362,39 @@ class RolloutWorker:
             "load_seconds": max(s["load_seconds"] for s in stats),
             "bytes": stats[0]["bytes"],
         }
+
+    # ---- colocation -------------------------------------------------------------------------------
+    def sleep(self) -> None:
+        """Colocated: give the device to the learner. GPU: vLLM's sleep level 1 (weights copied to host
+        RAM, KV cache dropped). CPU: vLLM's build has no sleep mode, so nothing is freed; the state and
+        its checks (no generation, probe or load while asleep) are the same."""
+        with self._engine(load=True):
+            if self.device == "cuda":  # GPU-only: vLLM sleep mode
+                self.llm.sleep(level=1)
+            self._asleep = {"weights", "kv_cache"}
+            self._events.append("sleep")
+
+    def wake_up(self, tags: list[str]) -> None:
+        """Colocated: wake `tags` ("weights" before a load, "kv_cache" after it: the load's buffers and
+        the KV cache are never on the device at once)."""
+        with self._engine(load=True):
+            tags = [t for t in tags if t in self._asleep]  # a new (replacement) engine is awake already
+            if not tags:
+                return
+            if self.device == "cuda":  # GPU-only: vLLM sleep mode
+                self.llm.wake_up(tags=tags)
+            self._asleep -= set(tags)
+            self._events.append("wake " + "+".join(tags))
+
+    def events(self) -> list[str]:
+        """The last engine calls in order (generate, probe, load vN, sleep, wake ...)."""
+        return list(self._events)
+
+    def _awake(self, what: str) -> None:
+        if self._asleep:
+            raise RuntimeError(f"rollout[{self.worker_index}]: {what} while the engine sleeps "
+                               f"({', '.join(sorted(self._asleep))}); colocated: wake_up first")
+        self._events.append(what)
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:

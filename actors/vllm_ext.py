@@ -22,7 +22,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from learner.weight_protocol import ManifestEntry, check_plan, empty_flat, manifest_bytes, split_flat
+from learner.weight_protocol import (ManifestEntry, check_plan, empty_flat, file_layout, file_view, manifest_bytes,
+                                     split_flat)
 
 Manifest = Sequence[ManifestEntry]
 Buckets = Sequence[Sequence[int]]
@@ -148,6 +149,30 @@ class WeightReceiver:
             stats["recv_seconds"] += time.perf_counter() - t
             stats["bytes"] += flat.numel() * flat.element_size()
             yield from split_flat(flat, self._relayrl_manifest, bucket)
+
+    def init_weight_file(self, manifest: Manifest, buckets: Buckets) -> dict[str, Any]:
+        """Colocated: the same checks as init_weight_sync; updates then come as a file on this node."""
+        model_config = self.model_runner.vllm_config.model_config
+        tied = bool(getattr(model_config.hf_text_config, "tie_word_embeddings", False))
+        check_manifest(manifest, buckets, checkpoint_weights(model_config.model, tied))
+        self._relayrl_manifest = [(n, dt, [int(d) for d in s]) for n, dt, s in manifest]
+        self._relayrl_buckets = [list(b) for b in buckets]
+        return {"tensors": len(manifest), "buckets": len(buckets), "bytes": manifest_bytes(self._relayrl_manifest)}
+
+    def receive_weights_file(self, path: str, version: int) -> dict[str, float]:
+        """Load the weights the learner wrote to `path` (the protocol's file transport) as `version`."""
+        manifest, buckets = self._relayrl_manifest, self._relayrl_buckets
+        offsets, size = file_layout(manifest, buckets)
+        t0 = time.perf_counter()
+        buf = torch.from_file(path, shared=False, size=size, dtype=torch.uint8)  # mapped, copy-on-write
+        weights = (entry for b, bucket in enumerate(buckets)
+                   for entry in split_flat(file_view(buf, manifest, bucket, offsets[b]), manifest, bucket))
+        model = self.model_runner.get_model()
+        prepare_moe_reload(model)
+        self.model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        self._relayrl_version = int(version)
+        return {"version": int(version), "seconds": time.perf_counter() - t0, "recv_seconds": 0.0,
+                "load_seconds": time.perf_counter() - t0, "bytes": float(size)}
 
     def close_weight_sync(self) -> None:
         pg = getattr(self, "_relayrl_pg", None)

@@ -56,11 +56,15 @@ class ActorGroup:
         cls: type,
         args_for: Callable[[int], tuple[tuple, dict]],
         max_concurrency: int = 1,
+        shared: Sequence[tuple[Any, int]] = (),
     ):
         self.spec = spec
         self._remote_cls, self._args_for = ray.remote(cls), args_for
         self._max_concurrency = max_concurrency
         self._slots: list[tuple[Any, int]] = []  # actor i's (placement group, bundle index)
+        # colocation: actor i goes into bundle shared[i], which another group's actor i uses too; that
+        # placement group is not this group's to remove (cluster/colocation.py owns it)
+        self._shared = list(shared)
         self.pgs: list[Any] = []
         self.actors: list[Any] = []
         self.failures: list[tuple[float, int, str]] = []  # (time, actor index, error) of every replaced actor
@@ -75,6 +79,14 @@ class ActorGroup:
         """Place and start k more actors (their own placement group); their indices."""
         if k <= 0:
             return []
+        if self._shared:
+            first = len(self.actors)
+            if first + k > len(self._shared):
+                raise ValueError(f"{self.spec.name}: {first + k} actors for {len(self._shared)} shared bundles")
+            for i in range(first, first + k):
+                self._slots.append(self._shared[i])
+                self.actors.append(self._start(i))
+            return list(range(first, first + k))
         where = self.spec.placement
         pg = placement_group([self._bundle() for _ in range(k)], strategy=where.strategy.upper(),
                              name=f"relayrl-{self.spec.name}-{uuid.uuid4().hex[:8]}",
@@ -116,7 +128,7 @@ class ActorGroup:
         env = dict(self.spec.env)
         pg, bundle = self._slots[i]
         opts = dict(
-            num_cpus=self._bundle()["CPU"],
+            num_cpus=self._bundle()["CPU"],  # a shared bundle holds the sum of its actors' requests
             num_gpus=self.spec.gpus_per_actor,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle),
             runtime_env={"env_vars": env} if env else None,

@@ -93,6 +93,10 @@ class ClusterConfig:
     # the machine's core count, whichever is larger (threads are set per actor, so no oversubscription)
     num_cpus: Optional[int] = None
     device: str = one_of("cpu", "cuda", default="cpu")
+    # true: rollout worker i shares learner rank i's placement bundle (its node, and on GPU its device):
+    # the engines sleep while the learner computes and wake for the weight load and generation, and
+    # weights move through shared memory on that node instead of the network (cluster/colocation.py)
+    colocate: bool = False
 
 
 @dataclasses.dataclass

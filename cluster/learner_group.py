@@ -30,15 +30,17 @@ TIMEOUT_KNOB = "learner.call_timeout_s"
 
 class LearnerGroup:
     def __init__(self, model_path: str, cfg: LearnerConfig, algo: AlgorithmConfig, total_steps: int,
-                 temperature: float = 1.0, device: str = "cpu"):
+                 temperature: float = 1.0, device: str = "cpu", colocation: Optional[Any] = None):
         self.cfg, self.algo = cfg, algo
         self.timeout_s = cfg.call_timeout_s
         K = cfg.num_ranks
         env = {"TOKENIZERS_PARALLELISM": "false"}
         if cfg.threads_per_rank:
             env["OMP_NUM_THREADS"] = str(cfg.threads_per_rank)
-        self.group = ActorGroup(GroupSpec("learner", K, cfg.cpus_per_rank, cfg.gpus_per_rank, cfg.placement, env=env),
-                                LearnerRank, args_for=lambda i: ((), {}))
+        # colocated (cluster/colocation.py): rank i shares bundle i with rollout worker i
+        gpus = colocation.gpus_each if colocation else cfg.gpus_per_rank
+        self.group = ActorGroup(GroupSpec("learner", K, cfg.cpus_per_rank, gpus, cfg.placement, env=env),
+                                LearnerRank, args_for=lambda i: ((), {}), shared=colocation.slots if colocation else ())
         try:
             ips = [ip for ip, _ in self._call("node_info")]
             master_addr, master_port = self._wait([self.group.actors[0].weight_sync_address.remote()], "rendezvous")[0]

@@ -76,7 +76,7 @@ class LearnerRecovery:
         t0 = time.perf_counter()
         with run.sync.lock:
             run.learner.shutdown(lost=True)
-            run.learner = run.sync.learner = start_learner(run.cfg, run.model_path)
+            run.learner = run.sync.learner = start_learner(run.cfg, run.model_path, run.colocation)
             state = restore(run, path)
             run.sync.setup()
             run.sync.push(state.version)

@@ -59,6 +59,11 @@ def demand(cfg: Any) -> list[GroupDemand]:
         GroupDemand("reward", cfg.reward.num_scorers, cfg.reward.cpus_per_scorer, 0.0,
                     ("reward.num_scorers", "reward.cpus_per_scorer", ""), **where(cfg.reward.placement)),
     ]
+    if cfg.cluster.colocate:  # rollout worker i lives in learner rank i's bundle (cluster/colocation.py)
+        learner, rollout = groups[0], groups[1]
+        groups[:2] = [dataclasses.replace(learner, cpus=learner.cpus + rollout.cpus,
+                                          knobs=(learner.knobs[0], "learner.cpus_per_rank + rollout.cpus_per_worker",
+                                                 learner.knobs[2]))]
     if cfg.reward.model_path:
         groups.append(GroupDemand("reward_model", 1, max(cfg.reward.cpus_per_scorer, MIN_BUNDLE_CPU), 0.0,
                                   ("reward.model_path", "reward.cpus_per_scorer", ""), **where(cfg.reward.placement)))

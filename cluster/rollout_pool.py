@@ -29,10 +29,12 @@ from actors.reward.model_rm import ModelRewardScorer
 from actors.reward.scorer import RewardScorer, group_seconds_bound
 from actors.rollout import RolloutWorker
 from actors.types import Group
-from cluster.actor_group import ActorCallTimeout, ActorGroup, GroupSpec, node_facts
+from cluster.colocation import Colocation
+from cluster.actor_group import ActorCallTimeout, ActorGroup, ActorLost, GroupSpec, node_facts
 from cluster.resources import MIN_BUNDLE_CPU
 
 log = logging.getLogger("relayrl")
+SLEEP_TIMEOUT_S = 300.0  # colocated: a sleep or wake-up (weights to host RAM and back on GPU) not done by then fails
 
 PLACE_TIMEOUT_S = 60.0  # placing workers added by scaling (the scaler checks free resources first)
 SCORER_SLACK_S = 10.0  # beyond a group's worst-case scoring time before a silent scorer counts as hung
@@ -58,17 +60,21 @@ def rollout_env() -> dict[str, str]:
 
 
 class RolloutPool:
-    def __init__(self, model_path: str, dtype: str, rollout: RolloutConfig, reward: RewardConfig, device: str):
+    def __init__(self, model_path: str, dtype: str, rollout: RolloutConfig, reward: RewardConfig, device: str,
+                 colocation: Optional[Colocation] = None):
         self.rollout_cfg, self.reward_cfg = rollout, reward
+        self.colocation = colocation  # set: worker i lives in learner rank i's bundle and sleeps while it trains
+        gpus = float(rollout.tensor_parallel_size) if device == "cuda" else 0.0
         self.workers = ActorGroup(
             GroupSpec("rollout", rollout.num_workers, rollout.cpus_per_worker,
-                      float(rollout.tensor_parallel_size) if device == "cuda" else 0.0, rollout.placement,
-                      env=rollout_env()),
+                      colocation.gpus_each if colocation else gpus, rollout.placement, env=rollout_env()),
             RolloutWorker,
-            args_for=lambda i: ((model_path, rollout, dtype), {"worker_index": i, "device": device}),
+            args_for=lambda i: ((model_path, rollout, dtype),
+                                {"worker_index": i, "device": device, "colocated": colocation is not None}),
             # partial rollouts: a weight push runs beside the generation in progress (the worker
             # interleaves them between engine steps); otherwise calls run one after another
             max_concurrency=2 if rollout.partial_rollouts else 1,
+            shared=colocation.slots if colocation else (),
         )
         specs = [{"name": f.name, "weight": f.weight, "params": dict(f.params)} for f in reward.functions]
         self.scorers = ActorGroup(
@@ -89,6 +95,22 @@ class RolloutPool:
                 ModelRewardScorer,
                 args_for=lambda i: ((reward.model_path,), {"batch_size": reward.model_batch_size, "device": device}),
             )
+
+    def sleep(self) -> None:
+        """Colocated: every engine gives its device to the learner rank beside it (cluster/colocation.py).
+        Not colocated: nothing to do."""
+        if self.colocation is None:
+            return
+        try:
+            self.workers.call("sleep", timeout=SLEEP_TIMEOUT_S)
+        except ActorLost:  # a worker died idle: its replacement joins at the current weights, then all sleep
+            for i in self.dead_workers():
+                self.replace_worker(i, "died before sleeping")
+            self.workers.call("sleep", timeout=SLEEP_TIMEOUT_S)
+
+    def wake_up(self, tags: list[str]) -> None:
+        if self.colocation is not None:
+            self.workers.call("wake_up", tags, timeout=SLEEP_TIMEOUT_S)
 
     # ---- generation -----------------------------------------------------------------------------
     def generate(self, prompts: list[dict[str, Any]], n: int, sampling: Optional[dict[str, Any]] = None,

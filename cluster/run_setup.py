@@ -36,13 +36,18 @@ class Run:
     probe: tuple[list[list[int]], list[int]]  # fixed sequences for sync verification
     eval_component: str
     eval_threshold: float
+    colocation: Any = None  # cluster.colocation.Colocation when cluster.colocate
     startup_seconds: float = 0.0
     notes: list[str] = dataclasses.field(default_factory=list)  # lines for the run's first lines (dtype choice ...)  # from start_run's call until every actor is up and weight sync is joined
 
     def shutdown(self) -> None:
         import ray
 
-        for part in (self.rollout, self.learner):
+        if self.colocation is not None:
+            self.colocation.record_events(self.dir, self.rollout.workers)
+        for part in (self.rollout, self.learner, self.colocation):
+            if part is None:
+                continue
             try:
                 part.shutdown()
             except Exception as e:  # keep shutting the rest down
@@ -142,18 +147,19 @@ def record_placement(run_dir: Path, groups: dict[str, Any]) -> str:
     return placement_line(where)
 
 
-def start_learner(cfg: RunConfig, model_path: str) -> Any:
+def start_learner(cfg: RunConfig, model_path: str, colocation: Any = None) -> Any:
     """The learner group (placed, then built): at start-up, and again when a rank died."""
     from cluster.learner_group import LearnerGroup
 
     optimizer_steps = cfg.trainer.total_steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
     return LearnerGroup(model_path, cfg.learner, cfg.algorithm, total_steps=optimizer_steps,
-                        temperature=cfg.rollout.sampling.temperature, device=cfg.cluster.device)
+                        temperature=cfg.rollout.sampling.temperature, device=cfg.cluster.device, colocation=colocation)
 
 
 def start_run(cfg: RunConfig) -> Run:
     from transformers import AutoTokenizer
 
+    from cluster.colocation import Colocation
     from cluster.rollout_pool import RolloutPool
     from cluster.weight_sync import WeightSync
 
@@ -182,9 +188,10 @@ def start_run(cfg: RunConfig) -> Run:
     start_ray(cfg, run_dir)
     # The rollout workers' constructors (vLLM import, engine start, warm-up) run in their actors while
     # the learner group builds its DeepSpeed engines: start-up pays the longer of the two, not the sum.
-    rollout = RolloutPool(model_path, cfg.rollout.dtype, cfg.rollout, cfg.reward, cfg.cluster.device)
+    colocation = Colocation(cfg) if cfg.cluster.colocate else None  # one bundle per (rank, engine) pair
+    rollout = RolloutPool(model_path, cfg.rollout.dtype, cfg.rollout, cfg.reward, cfg.cluster.device, colocation)
     try:
-        learner = start_learner(cfg, model_path)
+        learner = start_learner(cfg, model_path, colocation)
     except BaseException:
         rollout.shutdown()
         raise
@@ -200,4 +207,4 @@ def start_run(cfg: RunConfig) -> Run:
     component = cfg.trainer.eval_component or (cfg.reward.functions[0].name if cfg.reward.functions else "model")
     return Run(cfg, run_dir, model_path, tokenizer, train_prompts, eval_prompts, stream, learner, rollout, sync,
                ([probe_prompt + probe_tail], [len(probe_prompt)]), component, cfg.trainer.eval_threshold,
-               time.perf_counter() - t0, notes)
+               colocation, time.perf_counter() - t0, notes)

@@ -103,6 +103,10 @@ class RolloutScaler:
             target = have + delta
         else:
             return
+        if self.run.cfg.cluster.colocate and target != have:
+            self._answer(request, have, "refused: cluster.colocate=true pairs each rollout worker with a learner "
+                                        "rank; their number is learner.num_ranks")
+            return
         if target == have:
             if request is not None:
                 self._answer(request, have, f"already {have} rollout worker(s)")

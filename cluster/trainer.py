@@ -96,6 +96,7 @@ def rl_step(run: Run, step: int, state: LoopState, feed: RolloutFeed, buffer: Gr
     batch = groups_to_batch(groups, cfg.algorithm)
     t = mark(timing, "batch", t)
     with run.sync.lock:  # a rollout worker replaced meanwhile joins at the version it really gets
+        run.rollout.sleep()  # colocated: the engines free the device for the learner; the push wakes them
         learn = run.learner.train_step(batch)
         t = mark(timing, "learn", t)
         # an update skipped for a non-finite loss/gradient: counted, batch saved; N steps in a row stop the run
@@ -145,6 +146,7 @@ def warm_start(run: Run, logger: MetricsLogger) -> None:
     examples = sft_examples(run.train_prompts, run.tokenizer, ws.target_key)  # tokenised once
     report_every = max(1, ws.steps // 5)
     chunk = max(1, min(report_every, 25))  # steps per learner call: few round trips, a live progress line
+    run.rollout.sleep()  # colocated: the engines free the device; the first push wakes them
     for first in range(1, ws.steps + 1, chunk):
         last = min(ws.steps, first + chunk - 1)
         batches = [sft_batch(rng.sample(examples, min(ws.batch_size, len(examples)))) for _ in range(first, last + 1)]

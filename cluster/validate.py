@@ -189,6 +189,32 @@ def resources_fit(cfg: RunConfig) -> Optional[str]:
 
 
 @check
+def colocation_pairs(cfg: RunConfig) -> Optional[str]:
+    """cluster.colocate pairs rollout worker i with learner rank i in one bundle: one engine per rank,
+    one step at a time, placed by the learner's placement."""
+    if not cfg.cluster.colocate:
+        return None
+    ro, le = cfg.rollout, cfg.learner
+    problems = []
+    if cfg.trainer.mode != "sync":
+        problems.append("trainer.mode=sync (colocated engines sleep while the learner computes; async runs both "
+                        "at once: use separate placement for it)")
+    if ro.num_workers != le.num_ranks:
+        problems.append(f"rollout.num_workers = learner.num_ranks (one engine beside each rank; "
+                        f"is {ro.num_workers} vs {le.num_ranks})")
+    if ro.tensor_parallel_size != 1:
+        problems.append(f"rollout.tensor_parallel_size=1 (a colocated engine lives in one rank's bundle; "
+                        f"is {ro.tensor_parallel_size})")
+    if ro.autoscale.enabled:
+        problems.append("rollout.autoscale.enabled=false (colocated engines come and go with the learner's ranks)")
+    if ro.placement != type(ro.placement)():
+        problems.append("no rollout.placement (colocated engines go where learner.placement puts the ranks)")
+    if problems:
+        return "cluster.colocate=true needs " + "; ".join(problems)
+    return None
+
+
+@check
 def offload_needs_zero(cfg: RunConfig) -> Optional[str]:
     le = cfg.learner
     if le.offload_params and le.zero_stage != 3:

@@ -35,12 +35,16 @@ class WeightSync:
         # The learner's weights change, and the group is re-formed, only under this lock: a rollout worker
         # replaced from a background thread (async mode) joins at the version it really receives.
         self.lock = threading.RLock()
+        self._sending: list = []  # the learner's calls of the update in progress
+        self.worker_files: list[str] = []  # colocated: the weight file each rollout worker reads
         rollout.on_replaced = self.rejoin
 
     def setup(self) -> None:
         bucket_bytes = int(self.cfg.bucket_mb * (1 << 20))
         manifest, buckets = self.learner.weight_plan(bucket_bytes)
         self.bytes = manifest_bytes(manifest)
+        if self.rollout.colocation is not None:
+            return self._setup_files(manifest, buckets)
         host, port = self.learner.weight_sync_address()
         world = self.rollout.world_size()
         timeout = self.cfg.timeout_s
@@ -51,21 +55,44 @@ class WeightSync:
         )
         self._wait(learner_refs, worker_refs, "weight-sync set-up")
 
+    def _setup_files(self, manifest: list, buckets: list) -> None:
+        """Colocated (cluster/colocation.py): no group; each node's lowest learner rank writes the update
+        to the node's shared-memory file, the rollout workers on that node read it."""
+        rank_files, writers, self.worker_files = self.rollout.colocation.files(
+            self.learner.group.nodes(), self.rollout.workers.nodes())
+        learner_refs = self.learner.group.call_each_async("init_weight_file", [((f, w), {}) for f, w in zip(rank_files, writers)])
+        worker_refs = self.rollout.workers.call_async("init_weight_file", manifest, buckets)
+        self._wait(learner_refs, worker_refs, "weight-file set-up")
+
+    def _send(self, version: int) -> None:
+        """Move the weights (the learner's calls stay in self._sending, for the wait after a lost worker)."""
+        if self.rollout.colocation is None:
+            self._sending = self.learner.broadcast_weights_async(version)
+            self._wait(self._sending, self.rollout.workers.call_async("receive_weights", version),
+                       f"weight broadcast v{version}")
+            return
+        # colocated: weights awake first, then the file is written, then loaded, then the KV cache wakes
+        self.rollout.wake_up(["weights"])
+        self._sending = self.learner.group.call_async("write_weights_file", version)
+        self._wait(self._sending, [], f"weight write v{version}")
+        self._wait([], self.rollout.workers.call_each_async(
+            "receive_weights_file", [((f, version), {}) for f in self.worker_files]), f"weight load v{version}")
+        self.rollout.wake_up(["kv_cache"])
+
     def push(self, version: int) -> dict[str, float]:
-        """Broadcast the learner's current weights as `version`; every worker loads them in place."""
+        """Send the learner's current weights as `version`; every worker loads them in place."""
         with self.lock:
             t0 = time.perf_counter()
-            learner_refs = self.learner.broadcast_weights_async(version)
-            worker_refs = self.rollout.workers.call_async("receive_weights", version)
+            self._sending = []
             try:
-                self._wait(learner_refs, worker_refs, f"weight broadcast v{version}")
+                self._send(version)
             except ActorLost as lost:
                 dead = self.rollout.dead_workers() if lost.name.startswith("rollout") else []
                 if not dead:
                     raise  # the learner died: the trainer rebuilds it (cluster/learner_recovery.py)
                 # a worker died while idle: let the sender give up on the broken group, replace the
                 # dead, re-form the group, and send this version again
-                ray.wait(learner_refs, num_returns=len(learner_refs), timeout=self.cfg.timeout_s)
+                ray.wait(self._sending, num_returns=len(self._sending), timeout=self.cfg.timeout_s)
                 for i in dead:
                     log.warning("rollout[%d] died before the weight push of v%d: replacing it", i, version)
                     self.rollout.workers.replace(i, "died before a weight push", self.rollout.rollout_cfg.max_restarts,
@@ -112,4 +139,3 @@ class WeightSync:
     def _wait(self, learner_refs: list, worker_refs: list, what: str) -> None:
         names = [f"learner[{i}]" for i in range(len(learner_refs))] + [f"rollout[{i}]" for i in range(len(worker_refs))]
         wait_all([*learner_refs, *worker_refs], names, what, self.cfg.timeout_s, "weight_sync.timeout_s")
-

@@ -272,6 +272,21 @@ class LearnerRank:
         out["version"] = float(version)
         return out
 
+    def init_weight_file(self, path: str, writer: bool) -> None:
+        """Colocated (cluster/colocation.py): updates go to `path`, this node's shared-memory weight
+        file, which this rank writes if it is the node's `writer`. Call on every rank."""
+        if self._sender is None:
+            self.weight_plan(64 << 20)
+        self._sender.use_file(path, writer)
+
+    def write_weights_file(self, version: int) -> dict[str, float]:
+        """*Collective* (ZeRO-3 gathers). Each node's writer rank writes every bucket to its file."""
+        if self._sender is None:
+            raise RuntimeError("weight file not set: call init_weight_file first")
+        out = self._sender.write_file()
+        out["version"] = float(version)
+        return out
+
     def _weight_layout(self) -> WeightLayout:
         if self._layout is None:
             self._layout = WeightLayout(self.engine.module)

@@ -24,6 +24,12 @@ update    for each bucket, in order: rank 0 broadcasts (root 0) ONE flat 1-D ten
           bucket order). Receivers allocate it with `empty_flat` and cut it with `split_flat`.
           Nothing else travels on the group: the version is agreed by the driver's calls.
 
+file      (colocated mode, cluster/colocation.py: sender and receivers on one node) instead of the
+          group, the update is one file in the node's shared memory: bucket b's flat tensor (the
+          same `flatten`) at byte offset `file_layout(manifest, buckets)[0][b]`, each offset a
+          multiple of FILE_ALIGN so a byte view of the file can be viewed as any dtype. The driver
+          orders the calls: every write is done before any receiver reads.
+
 Manifest and plan are agreed once, at set-up, and checked there (names and shapes by the receiver
 against its engine, the plan by `check_plan`), so an update only moves bytes.
 """
@@ -117,6 +123,25 @@ def check_plan(manifest: Sequence[ManifestEntry], buckets: Sequence[Sequence[int
     if bad:
         problems.append(f"buckets {bad[:10]} are empty or mix dtypes (each bucket must have one dtype)")
     return problems
+
+
+FILE_ALIGN = 64  # bytes: every bucket of the weight file starts at a multiple of this
+
+
+def file_layout(manifest: Sequence[ManifestEntry], buckets: Sequence[Sequence[int]]) -> tuple[list[int], int]:
+    """The weight file's layout: the byte offset of each bucket's flat tensor, and the file's size."""
+    offsets, end = [], 0
+    for bucket in buckets:
+        start = -(-end // FILE_ALIGN) * FILE_ALIGN
+        offsets.append(start)
+        end = start + sum(entry_bytes(manifest[i]) for i in bucket)
+    return offsets, end
+
+
+def file_view(buf: torch.Tensor, manifest: Sequence[ManifestEntry], bucket: Sequence[int], offset: int) -> torch.Tensor:
+    """Bucket `bucket`'s flat tensor inside `buf`, the weight file mapped as uint8 (sender and receiver)."""
+    nbytes = sum(entry_bytes(manifest[i]) for i in bucket)
+    return buf[offset:offset + nbytes].view(torch_dtype(manifest[bucket[0]][1]))
 
 
 def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import socket
 import time
 from datetime import timedelta
@@ -20,7 +21,8 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
-from learner.weight_protocol import ManifestEntry, dtype_name, empty_flat, flatten, plan_buckets, split_flat
+from learner.weight_protocol import (ManifestEntry, dtype_name, empty_flat, file_layout, file_view, flatten, plan_buckets,
+                                     split_flat)
 
 
 def listen_socket(host: str, port: int = 0) -> socket.socket:
@@ -123,6 +125,9 @@ class WeightSender:
         self.layout, self.rank, self.bucket_bytes = layout, rank, bucket_bytes
         self.buckets = plan_buckets(layout.manifest, bucket_bytes)
         self.group = None
+        self.file: Optional[str] = None  # colocated: the node's weight file, written if self.file_writer
+        self.file_writer = False
+        self._file_buf: Optional[torch.Tensor] = None
 
     def connect(self, host: str, port: int, world_size: int, backend: str, timeout_s: float,
                 listen: Optional[socket.socket] = None) -> None:
@@ -149,11 +154,39 @@ class WeightSender:
             in_flight.popleft()[0].wait()
         return {"bytes": float(sent), "seconds": time.perf_counter() - t0, "buckets": float(len(self.buckets))}
 
+    def use_file(self, path: str, writer: bool) -> None:
+        """Colocated (the protocol's file transport): updates go to `path` in this node's shared memory;
+        the node's lowest rank is its `writer`, the others only take part in ZeRO-3's gathers."""
+        self.close()
+        self.file, self.file_writer = path, writer
+        if writer:
+            _, size = file_layout(self.layout.manifest, self.buckets)
+            with open(path, "wb") as f:
+                f.truncate(size)
+            self._file_buf = torch.from_file(path, shared=True, size=size, dtype=torch.uint8)
+
+    def write_file(self) -> dict[str, float]:
+        """Write every bucket to the weight file (collective over the learner ranks under ZeRO-3)."""
+        if self.file is None:
+            raise RuntimeError("weight file not set: call init_weight_file first")
+        t0, written = time.perf_counter(), 0
+        offsets, _ = file_layout(self.layout.manifest, self.buckets)
+        for b, tensors in enumerate(self.layout.iter_buckets(self.buckets, materialise=self.file_writer)):
+            if self.file_writer:
+                view = file_view(self._file_buf, self.layout.manifest, self.buckets[b], offsets[b])
+                view.copy_(flatten(tensors))  # GPU-only: a device-to-host copy on CUDA
+                written += view.numel() * view.element_size()
+        return {"bytes": float(written), "seconds": time.perf_counter() - t0, "buckets": float(len(self.buckets))}
+
     def close(self) -> None:
         group, self.group = self.group, None
         if group is not None:
             with contextlib.suppress(Exception):
                 group.shutdown()
+        path, self.file, self._file_buf = self.file, None, None
+        if path is not None and self.file_writer:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def receive(group, manifest: Sequence[ManifestEntry], buckets: Sequence[Sequence[int]],

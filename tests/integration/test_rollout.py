@@ -304,3 +304,39 @@ def test_the_learners_sender_drives_the_worker(engine, tiny_model_dir, tmp_path)
     groups = w.generate(prompts(3), 4)
     assert {s.policy_version for g in groups for s in g.samples} == {10}
     assert sampler_vs_hf(new_dir, groups, 1.0) < TOL
+
+
+def test_a_colocated_engine_sleeps_and_loads_from_a_weight_file(engine, tiny_model_dir, tmp_path):
+    """Colocated mode's transport and lifecycle (cluster/colocation.py) on the real engine: weights
+    written to a file in the protocol's file layout load exactly; a sleeping engine refuses to
+    generate, probe or load (vLLM's CPU build frees nothing, but the order is the GPU's)."""
+    import torch
+
+    from learner.weight_protocol import file_layout, file_view, flatten
+
+    w = engine.worker
+    sd = perturbed(load_checkpoint(tiny_model_dir), 11, 0.05)
+    manifest, buckets = plan(sd, BUCKET_BYTES)
+    assert w.init_weight_file(manifest, buckets)["buckets"] == len(buckets) > 1
+    offsets, size = file_layout(manifest, buckets)
+    path = tmp_path / "node.weights"  # the learner's writer does this in /dev/shm
+    path.write_bytes(bytes(size))
+    buf = torch.from_file(str(path), shared=True, size=size, dtype=torch.uint8)
+    for bucket, offset in zip(buckets, offsets):
+        file_view(buf, manifest, bucket, offset).copy_(flatten([sd[manifest[i][0]] for i in bucket]))
+
+    w.sleep()
+    with pytest.raises(RuntimeError, match="generate while the engine sleeps"):
+        w.generate(prompts(1), 2)
+    with pytest.raises(RuntimeError, match="weights loaded into a sleeping engine"):
+        w.receive_weights_file(str(path), 11)
+    w.wake_up(["weights"])
+    assert w.receive_weights_file(str(path), 11)["bytes"] == size
+    with pytest.raises(RuntimeError, match=r"probe while the engine sleeps \(kv_cache\)"):
+        w.score_logprobs([[1, 2, 3]], [1])
+    w.wake_up(["kv_cache"])
+    engine.weights_dir = write_model_dir(tiny_model_dir, sd, tmp_path / "ref")
+    groups = w.generate(prompts(3), 4)
+    assert {s.policy_version for g in groups for s in g.samples} == {11}
+    assert sampler_vs_hf(engine.weights_dir, groups, 1.0) < TOL
+    assert w.events()[-5:] == ["sleep", "wake weights", "load v11", "wake kv_cache", "generate"]

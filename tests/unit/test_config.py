@@ -7,6 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from cluster.config import ConfigError, RunConfig, dump_config, load_config, to_yaml
+from cluster.resources import demand
 from cluster.validate import CHECKS, choice_fields, validate
 from learner.config import field_choices, one_of
 
@@ -77,6 +78,16 @@ def test_override_without_equals_sign():
     ({"rollout.sampling.temperature": 0}, "rollout_sampling", "temperature > 0 or rollout.n=1"),
     ({"algorithm.advantage.name": "gae"}, "critic_available", "PPO critic"),
     ({"algorithm.off_policy.name": "tis", "rollout.sampling.top_p": 0.9}, "sampler_logprobs_comparable", "top_p=1.0"),
+    ({"cluster.colocate": True, "learner.num_ranks": 2}, "colocation_pairs", "rollout.num_workers = learner.num_ranks"),
+    ({"cluster.colocate": True, "trainer.mode": "async", "algorithm.off_policy.name": "tis"}, "colocation_pairs",
+     "trainer.mode=sync"),
+    ({"cluster.colocate": True, "rollout.placement.strategy": "spread"}, "colocation_pairs", "learner.placement"),
+    ({"cluster.colocate": True, "rollout.autoscale.enabled": True, "rollout.autoscale.max_workers": 2},
+     "colocation_pairs", "rollout.autoscale.enabled=false"),
+    ({"cluster.num_cpus": 8, "rollout.placement.node_labels": "{relayrl/role: rollout}"}, "resources_fit",
+     "no node of the local cluster (cluster.num_cpus) carries the labels"),
+    ({"cluster.num_cpus": 2, "cluster.colocate": True}, "resources_fit",
+     "learner 1 x 2 (learner.num_ranks x learner.cpus_per_rank + rollout.cpus_per_worker)"),
 ])
 def test_named_checks_say_what_to_change(over, check, hint):
     cfg = good(**over)
@@ -97,6 +108,13 @@ def test_async_with_correction_validates():
     assert cfg.trainer.mode == "async"
     with pytest.raises(ConfigError, match="max_staleness"):
         validate(good(**{"trainer.mode": "async", "algorithm.off_policy.name": "tis", "buffer.max_staleness": -1}))
+
+
+def test_colocated_pairs_validate_and_reserve_one_bundle_each():
+    cfg = validate(good(**{"cluster.colocate": True, "learner.num_ranks": 2, "rollout.num_workers": 2,
+                           "cluster.num_cpus": 5}))
+    [learner, reward] = demand(cfg)  # the rollout workers live in the learner's bundles
+    assert (learner.name, learner.actors, learner.cpus) == ("learner", 2, 2.0) and reward.name == "reward"
 
 
 def test_every_check_can_fire():

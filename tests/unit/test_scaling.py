@@ -1,10 +1,13 @@
 """Live scaling's pure parts: the control channel and the autoscaling decision."""
 
+import json
+from types import SimpleNamespace
+
 import pytest
 
 from actors.config import AutoscaleConfig
 from cluster.config import ConfigError, load_config
-from cluster.scaling import CONTROL_DIR, REQUEST, autoscale_decision, request_scale, take_request
+from cluster.scaling import CONTROL_DIR, DONE, REQUEST, RolloutScaler, autoscale_decision, request_scale, take_request
 from cluster.validate import validate
 
 CFG = AutoscaleConfig(enabled=True, min_workers=1, max_workers=3, add_above=0.3, remove_below=0.05, patience=2)
@@ -58,3 +61,15 @@ def test_the_scale_command_writes_the_request(tmp_path, capsys):
     assert take_request(tmp_path)["rollout"] == 2
     assert main(["scale", str(tmp_path / "missing"), "--rollout", "2"]) == 2
     assert "not a relayrl run directory" in capsys.readouterr().err
+
+
+def test_a_colocated_run_refuses_to_scale_and_says_why(tmp_path):
+    """Colocated workers are paired with learner ranks: a request is answered, and nothing is touched."""
+    (tmp_path / "config.yaml").write_text("{}")
+    cfg = load_config(None, ["cluster.colocate=true"])
+    run = SimpleNamespace(cfg=cfg, dir=tmp_path, rollout=SimpleNamespace(workers=[object()]))
+    scaler = RolloutScaler(run, feed=None, logger=None)  # a refusal must not reach the feed or the pool
+    request_scale(tmp_path, 2)
+    scaler.between_steps()
+    done = json.loads((tmp_path / CONTROL_DIR / DONE).read_text())
+    assert done["workers"] == 1 and "refused: cluster.colocate=true pairs each rollout worker" in done["result"]
