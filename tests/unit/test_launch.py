@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from cluster.config import load_config
+from cluster.resources import Node, demand, shortfall
 from cluster.validate import validate
 
 pytestmark = pytest.mark.unit
@@ -52,6 +53,18 @@ IMAGE_ROOT = "/workspace/relayrl/"  # where the RayJob's image holds this reposi
 def placeholder_overrides(model_dir: Path) -> list[str]:
     """What a CPU machine substitutes for the cluster's /shared model and data paths."""
     return [f"model.path={model_dir}", f"data.train_files=[{SAMPLE}]", f"data.eval_files=[{SAMPLE}]"]
+
+
+def slurm_nodes() -> list[Node]:
+    """The nodes slurm.sh asks for, as Ray sees them."""
+    per_node = {"CPU": float(sbatch_option("cpus-per-task")), "GPU": float(sbatch_option("gpus-per-node"))}
+    return [Node(per_node)] * sbatch_option("nodes")
+
+
+# the colocated variant the 8B config's header spells out
+COLOCATED = ["cluster.colocate=true", "learner.num_ranks=16", "rollout.num_workers=16",
+             "rollout.gpu_memory_utilization=0.35", "learner.placement.strategy=pack", "learner.cpus_per_rank=6",
+             "learner.threads_per_rank=6"]
 
 
 def gpus_needed(cfg) -> int:
@@ -78,6 +91,19 @@ def test_there_are_cluster_configs_and_scripts():
 def test_cluster_config_validates_with_placeholder_paths(path, tmp_path):
     cfg = validate(load_config(path, placeholder_overrides(tmp_path)))
     assert cfg.cluster.device == "cuda" and cfg.learner.zero_stage == 3 and cfg.learner.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("path", CLUSTER_CONFIGS, ids=lambda p: p.name)
+def test_cluster_config_topology_fits_the_slurm_nodes_node_by_node(path):
+    assert shortfall(demand(load_config(path)), slurm_nodes(), "the Slurm allocation") == []
+
+
+def test_the_colocated_variant_of_the_8b_config_validates_and_fits(tmp_path):
+    path = ROOT / "configs" / "cluster" / "qwen3_8b_gsm8k_grpo.yaml"
+    cfg = validate(load_config(path, placeholder_overrides(tmp_path) + COLOCATED))
+    [learner, _] = demand(cfg)  # one bundle per (rank, engine) pair: 16 GPUs, the rank's and engine's CPUs
+    assert (learner.actors, learner.gpus, learner.cpus) == (16, 1.0, 10.0)
+    assert shortfall(demand(cfg), slurm_nodes(), "the Slurm allocation") == []
 
 
 @pytest.mark.parametrize("path", CLUSTER_CONFIGS, ids=lambda p: p.name)
