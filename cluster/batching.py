@@ -11,13 +11,24 @@ from typing import Any
 import torch
 
 from actors.types import Group
-from learner.algorithms import compute_advantages
+from learner.algorithms import compute_advantages, decoupled_advantages
 from learner.batch import LearnerBatch
 from learner.config import AlgorithmConfig
 
 
-def groups_to_batch(groups: list[Group], algo: AlgorithmConfig) -> LearnerBatch:
-    """Flatten the trained samples of `groups` (GFPO: only the kept ones) and attach advantages."""
+def reward_weights(cfg: Any) -> dict[str, float]:
+    """The reward components of a run (a RunConfig) and their weights in the sample's reward."""
+    weights = {f.name: f.weight for f in cfg.reward.functions}
+    if cfg.reward.model_path:
+        weights["model"] = cfg.reward.model_weight
+    if cfg.buffer.overlong.enabled:
+        weights["overlong"] = 1.0  # the buffer adds the penalty to the reward as is
+    return weights
+
+
+def groups_to_batch(groups: list[Group], algo: AlgorithmConfig, weights: dict[str, float] | None = None) -> LearnerBatch:
+    """Flatten the trained samples of `groups` (GFPO: only the kept ones) and attach advantages.
+    algo.reward_combine=per_component needs the components' `weights` (reward_weights)."""
     samples, gidx = [], []
     for g_i, group in enumerate(groups):
         for s in group.trained_samples():
@@ -25,7 +36,16 @@ def groups_to_batch(groups: list[Group], algo: AlgorithmConfig) -> LearnerBatch:
             gidx.append(g_i)
     rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
     group_index = torch.tensor(gidx, dtype=torch.long)
-    advantages = compute_advantages(algo.advantage.name, rewards, group_index, **algo.advantage.params)
+    if algo.reward_combine == "per_component":
+        if not weights:
+            raise ValueError("algorithm.reward_combine=per_component needs the reward components' weights")
+        # a sample whose scoring failed has no components: it scores 0 on each, as its reward is 0
+        components = torch.tensor([[s.reward_components.get(k, 0.0) for k in weights] for s in samples],
+                                  dtype=torch.float32).reshape(len(samples), len(weights))
+        advantages = decoupled_advantages(algo.advantage.name, components, torch.tensor(list(weights.values())),
+                                          group_index, batch_norm=algo.reward_batch_norm, **algo.advantage.params)
+    else:
+        advantages = compute_advantages(algo.advantage.name, rewards, group_index, **algo.advantage.params)
     routed = [s.routed_experts for s in samples]
     return LearnerBatch(
         input_ids=[torch.tensor(s.prompt_ids + s.response_ids, dtype=torch.long) for s in samples],

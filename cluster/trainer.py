@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from actors.buffer import GroupBuffer
-from cluster.batching import groups_to_batch, sft_batch, sft_examples
+from cluster.batching import groups_to_batch, reward_weights, sft_batch, sft_examples
 from cluster.actor_group import ActorLost
 from cluster.checkpoint import Checkpointer, LoopState, restore, rng_state
 from cluster.config import RunConfig
@@ -93,7 +93,7 @@ def rl_step(run: Run, step: int, state: LoopState, feed: RolloutFeed, buffer: Gr
     recovery.hold(step, (groups, staleness))
     t = mark(timing, "generate", t)
     feed.start_ahead(step, cfg.trainer.total_steps)  # async: the next steps' prompts go out to the current weights
-    batch = groups_to_batch(groups, cfg.algorithm)
+    batch = groups_to_batch(groups, cfg.algorithm, reward_weights(cfg))
     t = mark(timing, "batch", t)
     with run.sync.lock:  # a rollout worker replaced meanwhile joins at the version it really gets
         run.rollout.sleep()  # colocated: the engines free the device for the learner; the push wakes them

@@ -66,6 +66,12 @@ class AlgorithmConfig:
     kl_coef: float = 0.0  # KL(policy || reference) in the loss; 0 disables the reference model
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
+    # several reward signals (reward.functions, the reward model's "model", buffer.overlong's "overlong"):
+    # sum = the advantage estimator normalises their weighted sum within each group; per_component =
+    # GDPO: each signal normalised within its group on its own, the advantages combined with the
+    # same weights, then (reward_batch_norm) whitened over the batch
+    reward_combine: str = one_of("sum", "per_component", default="sum")
+    reward_batch_norm: bool = True
     epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per epoch; >1 makes later updates off-policy (ratio != 1)
 

@@ -5,7 +5,8 @@ Imports only torch and the standard library, so config validation and rollout wo
 the registries without pulling in the training stack. See docs/algorithms.md.
 """
 
-from .advantages import ADVANTAGE_ESTIMATORS, NEEDS_CRITIC, compute_advantages, expand_to_tokens, gae
+from .advantages import (ADVANTAGE_ESTIMATORS, NEEDS_CRITIC, compute_advantages, decoupled_advantages,
+                         expand_to_tokens, gae)
 from .aggregation import AGGREGATIONS, aggregate_loss, local_counts
 from .group_filters import dynamic_sampling_keep, gfpo_mask, gfpo_select, overlong_penalty
 from .kl import KL_ESTIMATORS, kl_penalty
@@ -32,6 +33,7 @@ __all__ = [
     "aggregate_loss",
     "build_dataclass",
     "compute_advantages",
+    "decoupled_advantages",
     "dpo_loss",
     "dynamic_sampling_keep",
     "expand_to_tokens",

@@ -78,6 +78,43 @@ def compute_advantages(
     return valid_or(adv, keep)
 
 
+def decoupled_advantages(
+    estimator: str,
+    components: torch.Tensor,
+    weights: torch.Tensor,
+    group_index: torch.Tensor,
+    *,
+    keep_mask: torch.Tensor | None = None,
+    batch_norm: bool = True,
+    eps: float = 1e-6,
+    **params,
+) -> torch.Tensor:
+    """GDPO (arXiv 2601.05242): several reward components, each normalised within its group on its own.
+
+    components [B, K] (one column per reward signal, unweighted), weights [K]. Column k gets the
+    estimator's advantages A_k as if it were the only reward; the sequence's advantage is
+    sum_k weights[k] * A_k, then (batch_norm) whitened over the batch's kept sequences: mean 0,
+    unbiased std 1 (eps added to the std). Normalising the weighted sum instead (today's default)
+    lets the component with the widest spread decide every sign: a group where everyone is correct
+    but lengths differ gets advantages from length alone, at full scale.
+    """
+    components = torch.as_tensor(components, dtype=torch.float32)
+    weights = torch.as_tensor(weights, dtype=components.dtype)
+    if components.dim() != 2 or weights.shape != components.shape[1:]:
+        raise ValueError(f"components must be [B, K] and weights [K]; got {tuple(components.shape)}, "
+                         f"{tuple(weights.shape)}")
+    per = [compute_advantages(estimator, components[:, k], group_index, keep_mask=keep_mask, **params)
+           for k in range(components.shape[1])]
+    combined = (torch.stack(per, dim=1) * weights).sum(dim=1) if per else components.new_zeros(components.shape[0])
+    keep = torch.ones_like(combined, dtype=torch.bool) if keep_mask is None else as_bool_mask(keep_mask)
+    n = int(keep.sum())
+    if not batch_norm or n < 2:
+        return valid_or(combined, keep)
+    mean = masked_mean(combined, keep)
+    std = (valid_or(combined - mean, keep).pow(2).sum() / (n - 1)).sqrt()
+    return valid_or((combined - mean) / (std + eps), keep)
+
+
 def _group_stats(rewards: torch.Tensor, group_index: torch.Tensor, keep: torch.Tensor):
     """Per-sample (count, mean, unbiased std) of its group's kept rewards.
 

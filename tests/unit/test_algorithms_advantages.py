@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from learner.algorithms import compute_advantages, expand_to_tokens, gae
+from learner.algorithms import compute_advantages, decoupled_advantages, expand_to_tokens, gae
 
 pytestmark = pytest.mark.unit
 
@@ -124,3 +124,40 @@ def test_gae_whitening_over_valid_tokens():
 def test_expand_to_tokens():
     out = expand_to_tokens(torch.tensor([2.0, -1.0]), torch.tensor([[1, 1, 0], [1, 0, 0]]))
     close(out, [[2.0, 2.0, 0.0], [-1.0, 0.0, 0.0]])
+
+
+# ---- GDPO: each reward component normalised in its group on its own -------------------------------
+# two groups of two; columns: correctness, a length term
+GDPO_COMPONENTS = torch.tensor([[1.0, 0.2], [0.0, 0.4], [1.0, 0.1], [1.0, 0.3]])
+GDPO_GROUPS = torch.tensor([0, 0, 1, 1])
+
+
+def test_decoupled_dr_grpo_by_hand():
+    # group 0: correctness -> [.5, -.5], length -> [-.1, .1]; group 1: correctness -> [0, 0], length -> [-.1, .1]
+    adv = decoupled_advantages("dr_grpo", GDPO_COMPONENTS, torch.tensor([2.0, 0.5]), GDPO_GROUPS, batch_norm=False)
+    assert torch.allclose(adv, torch.tensor([0.95, -0.95, -0.05, 0.05]), atol=1e-6)
+
+
+def test_decoupled_grpo_lets_no_component_drown_another():
+    # each column's group std is its own: in group 0 the two components cancel exactly, and group 1
+    # (all correct) is ranked by length alone; normalising the sum instead lets correctness decide group 0
+    adv = decoupled_advantages("grpo", GDPO_COMPONENTS, torch.ones(2), GDPO_GROUPS, batch_norm=False)
+    r = 2 ** -0.5
+    assert torch.allclose(adv, torch.tensor([0.0, 0.0, -r, r]), atol=1e-5)
+    summed = compute_advantages("grpo", GDPO_COMPONENTS.sum(1), GDPO_GROUPS)
+    assert torch.allclose(summed, torch.tensor([r, -r, -r, r]), atol=1e-5)
+
+
+def test_decoupled_batch_norm_whitens_the_combination():
+    adv = decoupled_advantages("dr_grpo", GDPO_COMPONENTS, torch.ones(2), GDPO_GROUPS)  # combined [.4, -.4, -.1, .1]
+    std = (0.34 / 3) ** 0.5  # mean 0, unbiased variance over the 4 sequences
+    assert torch.allclose(adv, torch.tensor([0.4, -0.4, -0.1, 0.1]) / (std + 1e-6), atol=1e-5)
+
+
+def test_decoupled_respects_the_keep_mask_and_checks_shapes():
+    keep = torch.tensor([True, True, True, False])  # sample 2 left alone in its group: baseline 0
+    adv = decoupled_advantages("dr_grpo", GDPO_COMPONENTS, torch.tensor([2.0, 0.5]), GDPO_GROUPS, keep_mask=keep,
+                               batch_norm=False)
+    assert torch.allclose(adv, torch.tensor([0.95, -0.95, 2.05, 0.0]), atol=1e-6)
+    with pytest.raises(ValueError, match=r"components must be \[B, K\] and weights \[K\]"):
+        decoupled_advantages("grpo", GDPO_COMPONENTS, torch.ones(3), GDPO_GROUPS)

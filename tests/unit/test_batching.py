@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from actors.types import Group, Sample
-from cluster.batching import groups_to_batch
+from cluster.batching import groups_to_batch, reward_weights
 from learner.config import AlgorithmConfig, Choice
 
 pytestmark = pytest.mark.unit
@@ -37,6 +37,34 @@ def test_dr_grpo_has_no_std():
     algo = AlgorithmConfig(advantage=Choice("dr_grpo", {}))
     batch = groups_to_batch(make_groups(), algo)
     assert batch.advantages.tolist() == pytest.approx([0.5, -0.5, 0, 0, 0, 0, -0.5, 0.5])
+
+
+def test_per_component_rewards_reach_the_batch_as_gdpo_advantages():
+    """reward_combine=per_component reads each sample's components by the run's weights; a sample
+    without components (failed scoring) counts 0 on each."""
+    groups = make_groups()
+    for g in groups:
+        for s in g.samples:
+            s.reward_components = {"correct": s.reward, "format": 1.0 - 0.5 * len(s.response_ids)}
+    groups[1].samples[0].reward_components = {}  # scoring failed: reward 0, no components
+    weights = {"correct": 1.0, "format": 2.0}
+    algo = AlgorithmConfig(advantage=Choice("dr_grpo", {}), reward_combine="per_component", reward_batch_norm=False)
+    got = groups_to_batch(groups, algo, weights).advantages
+    # format is 0.5 in each group's first sample and 0 in its second, except the failed sample (0)
+    fmt = torch.tensor([[0.5, 0.0], [0.0, 0.0], [0.5, 0.0], [0.5, 0.0]])
+    correct = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    centred = lambda x: (x - x.mean(1, keepdim=True)).reshape(-1)  # noqa: E731
+    assert torch.allclose(got, centred(correct) + 2.0 * centred(fmt), atol=1e-6)
+    with pytest.raises(ValueError, match="needs the reward components' weights"):
+        groups_to_batch(groups, algo)
+
+
+def test_reward_weights_list_every_component_of_a_run():
+    from cluster.config import load_config
+
+    cfg = load_config(None, ["reward.functions=[{name: arithmetic, weight: 2.0}, {name: format}]",
+                             "reward.model_path=/m", "reward.model_weight=0.5", "buffer.overlong.enabled=true"])
+    assert reward_weights(cfg) == {"arithmetic": 2.0, "format": 1.0, "model": 0.5, "overlong": 1.0}
 
 
 def test_shard_layout_matches_global_mini_batches():
