@@ -46,6 +46,10 @@ ROWS = [
     Row("rollout worker SIGKILLed mid-generation", [f"{FT}::test_rollout_worker_killed_is_replaced_and_nothing_is_lost[mid_generation]"],
         "replaced in its placement bundle, joins the weight-sync group, gets the current weights (probe-verified), "
         "and is given the prompts the dead worker had not delivered", "nothing", _run),
+    Row("a rollout node removed mid-run (simulated multi-node cluster)",
+        ["tests/slow/test_multinode.py::test_actors_land_where_the_labels_say_and_survive_losing_a_rollout_node"],
+        "its worker dies with the node; Ray re-places the worker's bundle on another node the labels allow, "
+        "the new worker joins at the current weights (probe-verified) and gets the lost prompts", "nothing", _run),
     Row("rollout worker SIGKILLed while idle", [f"{FT}::test_rollout_worker_killed_is_replaced_and_nothing_is_lost[while_idle]"],
         "the next weight push notices, replaces it and pushes again", "nothing", _run),
     Row("reward scorer SIGKILLed mid-run", [f"{FT}::test_reward_scorer_killed_or_frozen_is_replaced_and_its_groups_rescored[SIGKILL]"],
@@ -108,6 +112,13 @@ ROWS = [
 ]
 
 
+def machine() -> str:
+    """The CPU class the numbers come from: step times differ ~3x between AVX2-only and AVX512-BF16 CPUs."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = "AVX512-BF16" if "avx512_bf16" in info else ("AVX-512" if "avx512f" in info else "AVX2-only")
+    return f"{isa} CPU, {os.cpu_count()} cores"
+
+
 def junit_verdicts(xml: Path) -> dict[str, str]:
     """nodeid -> passed | failed | skipped, from pytest's junit XML."""
     out = {}
@@ -165,7 +176,8 @@ def main() -> int:
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
-        stamp = f"Made by `.venv/bin/python scripts/reliability.py` ({time.strftime('%Y-%m-%d')}, {round(time.time() - t0)}s):"
+        stamp = (f"Made by `.venv/bin/python scripts/reliability.py` ({time.strftime('%Y-%m-%d')}, {round(time.time() - t0)}s, "
+                 f"{machine()}):")
         readme.write_text(f"{head}{BEGIN}\n{stamp}\n\n{table(rows)}\n{END}{tail}")
     print(table(rows))
     return proc.returncode
