@@ -214,18 +214,6 @@ def node_facts(node_id: str) -> dict[str, Any]:
             "labels": {k: v for k, v in (info.get("Labels") or {}).items() if not k.startswith("ray.io/")}}
 
 
-def placement_line(where: dict[str, list[dict[str, Any]]]) -> str:
-    """One line for the run's start: which actors run on which node."""
-    by_node: dict[str, list[str]] = {}
-    for name, actors in where.items():
-        for i, a in enumerate(actors):
-            label = ",".join(f"{k}={v}" for k, v in sorted(a["labels"].items()))
-            by_node.setdefault(f"{a['ip']} {a['node_id'][:8]}" + (f" ({label})" if label else ""), []).append(f"{name}[{i}]")
-    if len(by_node) == 1:
-        return f"placement: every actor on one Ray node, {next(iter(by_node))}"
-    return "placement: " + "; ".join(f"{' '.join(names)} on {node}" for node, names in by_node.items())
-
-
 def wait_all(refs: list[ray.ObjectRef], names: list[str], what: str, timeout: float | None,
              knob: str = "") -> list[Any]:
     """Results of all refs. The first failure is raised as soon as it arrives (a fast error on one

@@ -132,3 +132,15 @@ def _per_actor(g: GroupDemand, resource: str) -> float:
 
 def _knob(g: GroupDemand, resource: str) -> str:
     return g.knobs[1] if resource == "CPU" else g.knobs[2]
+
+
+def placement_line(where: dict[str, list[dict[str, Any]]]) -> str:
+    """One line for the run's start: which actors run on which node."""
+    by_node: dict[str, list[str]] = {}
+    for name, actors in where.items():
+        for i, a in enumerate(actors):
+            label = ",".join(f"{k}={v}" for k, v in sorted(a["labels"].items()))
+            by_node.setdefault(f"{a['ip']} {a['node_id'][:8]}" + (f" ({label})" if label else ""), []).append(f"{name}[{i}]")
+    if len(by_node) == 1:
+        return f"placement: every actor on one Ray node, {next(iter(by_node))}"
+    return "placement: " + "; ".join(f"{' '.join(names)} on {node}" for node, names in by_node.items())

@@ -18,7 +18,7 @@ from cluster.logs import quiet_driver, to_console, worker_runtime_env
 from cluster.data import PromptSet, PromptStream, load_prompt_set, prompt_format_from_config
 from cluster.model_check import check_model_dir
 from cluster.network import local_ray, loopback_env
-from cluster.resources import Node, demand, shortfall, total
+from cluster.resources import Node, demand, placement_line, shortfall, total
 
 
 @dataclasses.dataclass
@@ -140,7 +140,7 @@ def start_ray(cfg: RunConfig, run_dir: Path) -> None:
 
 def record_placement(run_dir: Path, groups: dict[str, Any]) -> str:
     """Where each actor landed (node id, IP, Ray labels) -> RUN_DIR/placement.json; the line for the log."""
-    from cluster.actor_group import placement, placement_line
+    from cluster.actor_group import placement
 
     where = placement(groups)
     (run_dir / "placement.json").write_text(json.dumps(where, indent=1))

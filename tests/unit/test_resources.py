@@ -7,7 +7,7 @@ import pytest
 
 from cluster.config import load_config
 from cluster.network import loopback_env, loopback_interface
-from cluster.resources import Node, demand, shortfall, total
+from cluster.resources import Node, demand, placement_line, shortfall, total
 from cluster.run_setup import make_run_dir
 
 pytestmark = pytest.mark.unit
@@ -106,3 +106,12 @@ def test_loopback_interface_is_the_one_holding_127_0_0_1():
     assert loopback_env()["GLOO_SOCKET_IFNAME"] == iface
     psutil = pytest.importorskip("psutil")
     assert any(a.address == "127.0.0.1" for a in psutil.net_if_addrs()[iface])
+
+
+def test_placement_line_groups_actors_by_node_with_their_labels():
+    node = lambda nid, ip, **labels: {"node_id": nid, "ip": ip, "labels": labels}  # noqa: E731
+    a, b = node("aaaa1111bbbb", "10.0.0.5", **{"relayrl/role": "learner"}), node("cccc2222dddd", "10.0.0.6")
+    where = {"learner": [a, a], "rollout": [b], "reward": [a]}
+    assert placement_line(where) == ("placement: learner[0] learner[1] reward[0] on 10.0.0.5 aaaa1111 "
+                                     "(relayrl/role=learner); rollout[0] on 10.0.0.6 cccc2222")
+    assert placement_line({"learner": [b], "rollout": [b]}) == "placement: every actor on one Ray node, 10.0.0.6 cccc2222"
