@@ -27,8 +27,8 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path, monkeypa
         "trainer.total_steps=8", "learner.max_nonfinite_steps=3"]))
     calls, to_batch = [], trainer.groups_to_batch
 
-    def poisoned(groups, algo) -> LearnerBatch:  # the driver builds one batch per RL step
-        batch = to_batch(groups, algo)
+    def poisoned(groups, algo, weights) -> LearnerBatch:  # the driver builds one batch per RL step
+        batch = to_batch(groups, algo, weights)
         calls.append(batch)
         if len(calls) in POISONED:
             batch.advantages[:] = math.nan
