@@ -97,11 +97,7 @@ class WeightReceiver:
         from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
         from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
-        model_config = self.model_runner.vllm_config.model_config
-        tied = bool(getattr(model_config.hf_text_config, "tie_word_embeddings", False))
-        check_manifest(manifest, buckets, checkpoint_weights(model_config.model, tied))
-        self._relayrl_manifest = [(n, dt, [int(d) for d in s]) for n, dt, s in manifest]
-        self._relayrl_buckets = [list(b) for b in buckets]
+        self._relayrl_agree(manifest, buckets)
         self._relayrl_timeout = timedelta(seconds=float(timeout_s))
         self.close_weight_sync()  # a re-initialisation (e.g. after a learner restart) replaces the old group
         rank = rank_offset + get_tensor_model_parallel_rank()
@@ -123,12 +119,7 @@ class WeightReceiver:
         t0 = time.perf_counter()
         weights = self._relayrl_iter_buckets(stats)
         try:
-            model = self.model_runner.get_model()
-            prepare_moe_reload(model)
-            # model.load_weights would fail on the CPU build (linear weights are repacked into oneDNN
-            # handles); reload_weights re-runs each layer's post-load processing and copies the result
-            # into the existing kernel tensors.
-            self.model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+            self._relayrl_load(weights)
         finally:
             # Keep the collective in step with the sender even if loading stopped early or failed:
             # receive (and drop) whatever buckets are still coming.
@@ -152,11 +143,7 @@ class WeightReceiver:
 
     def init_weight_file(self, manifest: Manifest, buckets: Buckets) -> dict[str, Any]:
         """Colocated: the same checks as init_weight_sync; updates then come as a file on this node."""
-        model_config = self.model_runner.vllm_config.model_config
-        tied = bool(getattr(model_config.hf_text_config, "tie_word_embeddings", False))
-        check_manifest(manifest, buckets, checkpoint_weights(model_config.model, tied))
-        self._relayrl_manifest = [(n, dt, [int(d) for d in s]) for n, dt, s in manifest]
-        self._relayrl_buckets = [list(b) for b in buckets]
+        self._relayrl_agree(manifest, buckets)
         return {"tensors": len(manifest), "buckets": len(buckets), "bytes": manifest_bytes(self._relayrl_manifest)}
 
     def receive_weights_file(self, path: str, version: int) -> dict[str, float]:
@@ -165,14 +152,26 @@ class WeightReceiver:
         offsets, size = file_layout(manifest, buckets)
         t0 = time.perf_counter()
         buf = torch.from_file(path, shared=False, size=size, dtype=torch.uint8)  # mapped, copy-on-write
-        weights = (entry for b, bucket in enumerate(buckets)
-                   for entry in split_flat(file_view(buf, manifest, bucket, offsets[b]), manifest, bucket))
-        model = self.model_runner.get_model()
-        prepare_moe_reload(model)
-        self.model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        self._relayrl_load(entry for b, bucket in enumerate(buckets)
+                           for entry in split_flat(file_view(buf, manifest, bucket, offsets[b]), manifest, bucket))
         self._relayrl_version = int(version)
         return {"version": int(version), "seconds": time.perf_counter() - t0, "recv_seconds": 0.0,
                 "load_seconds": time.perf_counter() - t0, "bytes": float(size)}
+
+    def _relayrl_agree(self, manifest: Manifest, buckets: Buckets) -> None:
+        """Check the manifest against this engine (both ways) and keep it and the bucket plan."""
+        model_config = self.model_runner.vllm_config.model_config
+        tied = bool(getattr(model_config.hf_text_config, "tie_word_embeddings", False))
+        check_manifest(manifest, buckets, checkpoint_weights(model_config.model, tied))
+        self._relayrl_manifest = [(n, dt, [int(d) for d in s]) for n, dt, s in manifest]
+        self._relayrl_buckets = [list(b) for b in buckets]
+
+    def _relayrl_load(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+        prepare_moe_reload(self.model_runner.get_model())
+        # model.load_weights would fail on the CPU build (linear weights are repacked into oneDNN
+        # handles); reload_weights re-runs each layer's post-load processing and copies the result
+        # into the existing kernel tensors.
+        self.model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
 
     def close_weight_sync(self) -> None:
         pg = getattr(self, "_relayrl_pg", None)

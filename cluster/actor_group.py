@@ -87,17 +87,7 @@ class ActorGroup:
                 self._slots.append(self._shared[i])
                 self.actors.append(self._start(i))
             return list(range(first, first + k))
-        where = self.spec.placement
-        pg = placement_group([self._bundle() for _ in range(k)], strategy=where.strategy.upper(),
-                             name=f"relayrl-{self.spec.name}-{uuid.uuid4().hex[:8]}",
-                             bundle_label_selector=[dict(where.node_labels)] * k if where.node_labels else None)
-        try:
-            ray.get(pg.ready(), timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            remove_placement_group(pg)
-            need = {r: v * k for r, v in self._bundle().items()}
-            raise ActorCallTimeout(f"{self.spec.name}: {k} more actor(s) need {need}; the cluster could not place "
-                                   f"them within {timeout_s:.0f}s (free: {ray.available_resources()})") from None
+        pg = place(self.spec.name, self._bundle(), k, self.spec.placement, timeout_s)
         self.pgs.append(pg)
         first = len(self.actors)
         for j in range(k):
@@ -197,6 +187,22 @@ class ActorGroup:
             ray.kill(a)
         for pg in self.pgs:
             remove_placement_group(pg)
+
+
+def place(name: str, bundle: dict[str, float], k: int, where: PlacementConfig, timeout_s: float = 300.0) -> Any:
+    """A ready placement group of k copies of `bundle`, placed by `where` (strategy, node labels); a
+    cluster that cannot place it within timeout_s is an error saying what was asked and what is free."""
+    pg = placement_group([dict(bundle) for _ in range(k)], strategy=where.strategy.upper(),
+                         name=f"relayrl-{name}-{uuid.uuid4().hex[:8]}",
+                         bundle_label_selector=[dict(where.node_labels)] * k if where.node_labels else None)
+    try:
+        ray.get(pg.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        need = {r: v * k for r, v in bundle.items()}
+        raise ActorCallTimeout(f"{name}: {k} more actor(s) need {need}; the cluster could not place "
+                               f"them within {timeout_s:.0f}s (free: {ray.available_resources()})") from None
+    return pg
 
 
 def _node_id(_actor: Any) -> str:  # runs inside an actor (ActorGroup.nodes)

@@ -37,19 +37,13 @@ class Colocation:
     """The shared placement group, and where each node's weight file lives."""
 
     def __init__(self, cfg: Any):
-        import ray
-        from ray.util.placement_group import placement_group
+        from cluster.actor_group import place
 
         le, ro = cfg.learner, cfg.rollout
         bundle = {"CPU": max(le.cpus_per_rank + ro.cpus_per_worker, MIN_BUNDLE_CPU)}
         if le.gpus_per_rank:  # GPU-only: the pair shares the rank's GPUs
             bundle["GPU"] = le.gpus_per_rank
-        where = le.placement
-        self.pg = placement_group([dict(bundle) for _ in range(le.num_ranks)], strategy=where.strategy.upper(),
-                                  name=f"relayrl-colocated-{uuid.uuid4().hex[:8]}",
-                                  bundle_label_selector=[dict(where.node_labels)] * le.num_ranks
-                                  if where.node_labels else None)
-        ray.get(self.pg.ready(), timeout=300)
+        self.pg = place("colocated", bundle, le.num_ranks, le.placement)
         self.slots = [(self.pg, i) for i in range(le.num_ranks)]
         self.gpus_each = le.gpus_per_rank / 2  # GPU-only: rank and engine each ask for half the bundle's GPUs
         self.tag = uuid.uuid4().hex[:12]  # weight files of this run only
