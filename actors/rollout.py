@@ -67,11 +67,6 @@ class RolloutWorker:
         # In-process engine (no engine-core subprocess): ~2 s init instead of ~20 s, same speed, one
         # process per Ray actor. Must be set before vLLM reads it.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        if cfg.record_routed_experts:
-            # vLLM 0.32 returns routed experts only from its model runner V2 (VLLM_USE_V2_MODEL_RUNNER=1),
-            # whose in-place weight reload and MoE kernels are not verified here yet.
-            raise NotImplementedError("rollout.record_routed_experts (routing replay) is not supported by the "
-                                      "rollout worker yet: vLLM 0.32 needs its V2 model runner for it")
         self.threads, self.cores = (0, []) if device != "cpu" else cpu_placement(cfg, worker_index)
         if self.cores:
             # In-process, VLLM_CPU_OMP_THREADS_BIND does not confine the engine: the process affinity does.
@@ -102,8 +97,12 @@ class RolloutWorker:
         else:
             # On CPU vLLM would otherwise reserve gpu_memory_utilization x host RAM and refuse to start.
             kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * (1 << 30))
+        if cfg.record_routed_experts:
+            kwargs["enable_prefix_caching"] = False  # every token's routing is computed by its own request
         kwargs.update(cfg.engine_kwargs)
         self.llm = LLM(**kwargs)
+        # MoE: per-request expert counts (load telemetry) and, when recorded, routing (actors/routing_capture.py)
+        self.moe = self.llm.collective_rpc("routing_init", args=(cfg.record_routed_experts,))[0]
         self.llm.llm_engine.set_weight_version(str(self._version))  # the label on every sampled token
         self.tokenizer = self.llm.get_tokenizer()
         self._warm_up()
@@ -159,12 +158,15 @@ class RolloutWorker:
                 if engine.has_unfinished_requests():
                     raise RuntimeError("RolloutWorker runs one generation at a time; the engine still has requests")
                 self._reset_stale_prefix_cache()
+                if self.moe:
+                    self.llm.collective_rpc("routing_reset")  # what an aborted call left behind
                 t0 = time.perf_counter()
                 # enqueue renders and adds the requests exactly as LLM.generate does; the loop below is the
                 # one LLM.generate runs, except that finished groups leave it as soon as they are done.
                 request_ids = self.llm.enqueue(inputs, params, use_tqdm=False)
             # enqueue returns internal ids "<external>-<random suffix>"; outputs carry the external id.
             pending = {rid.split("-", 1)[0]: p for rid, p in zip(request_ids, prompts)}
+            internal = {rid.split("-", 1)[0]: rid for rid in request_ids}
             try:
                 while True:
                     with self._engine():  # a weight load may run between two steps (partial rollouts)
@@ -173,8 +175,12 @@ class RolloutWorker:
                         outs = engine.step()
                     for out in outs:
                         if out.finished:
-                            yield self._group(pending.pop(out.request_id), out, version_override,
-                                              time.perf_counter() - t0)
+                            group = self._group(pending.pop(out.request_id), out, version_override,
+                                                time.perf_counter() - t0)
+                            if self.moe:
+                                with self._engine():
+                                    self._attach_routing(group, internal[out.request_id], n)
+                            yield group
             finally:
                 if pending:  # the consumer stopped early (or a step failed): free the engine
                     with self._engine():
@@ -235,6 +241,18 @@ class RolloutWorker:
                 token_versions=versions, meta=dict(meta),
             ))
         return Group(prompt_id=prompt["prompt_id"], samples=samples, generate_seconds=seconds)
+
+    def _attach_routing(self, group: Group, request_id: str, n: int) -> None:
+        """Expert counts of the group's requests (summed) and, when recorded, each sample's routing."""
+        import numpy as np
+
+        ids = [request_id] if n == 1 else [f"{i}_{request_id}" for i in range(n)]  # vLLM's fan-out of n
+        lengths = [len(s.prompt_ids) + len(s.response_ids) - 1 for s in group.samples]
+        taken = self.llm.collective_rpc("routing_take", args=(ids, lengths))[0]
+        group.expert_counts = np.sum([t["counts"] for t in taken], axis=0).tolist()
+        for sample, t in zip(group.samples, taken):
+            if "routing" in t:
+                sample.routed_experts = np.frombuffer(t["routing"], dtype=t["dtype"]).reshape(t["shape"])
 
     def _sampling_params(self, n: int, call: Optional[dict[str, Any]], prompt: dict[str, Any]):
         from vllm import SamplingParams

@@ -37,7 +37,9 @@ class Sample:
     reward: float = 0.0
     reward_components: dict[str, float] = dataclasses.field(default_factory=dict)
     reward_error: str | None = None  # set when a scorer failed or timed out (reward is then 0)
-    routed_experts: Any = None  # MoE routing replay: per-token expert ids from the sampler, when recorded
+    # MoE routing replay (rollout.record_routed_experts): numpy uint8 [prompt + response - 1 tokens,
+    # MoE layers, top_k], the experts the engine routed each input token to (actors/routing_capture.py)
+    routed_experts: Any = None
 
     @property
     def response_length(self) -> int:
@@ -53,6 +55,7 @@ class Group:
     generate_seconds: float = 0.0
     score_seconds: float = 0.0
     kept: list[int] | None = None  # GFPO: indices of the samples trained on (None = all)
+    expert_counts: list[list[int]] | None = None  # MoE: tokens per [MoE layer][expert] the engine computed
 
     @property
     def rewards(self) -> list[float]:

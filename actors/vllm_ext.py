@@ -173,6 +173,20 @@ class WeightReceiver:
         # into the existing kernel tensors.
         self.model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
 
+    # ---- MoE routing (actors/routing_capture.py): expert load, and the routing replay records ------
+    def routing_init(self, record: bool) -> Any:
+        """Install the per-request routing capture; its description, or None for a dense model."""
+        from actors.routing_capture import RoutingCapture
+
+        self._relayrl_routing = RoutingCapture(self.model_runner, bool(record))
+        return self._relayrl_routing.describe()
+
+    def routing_take(self, request_ids: list[str], lengths: list[int]) -> list[dict[str, Any]]:
+        return self._relayrl_routing.take(list(request_ids), list(lengths))
+
+    def routing_reset(self) -> None:
+        self._relayrl_routing.reset()
+
     def close_weight_sync(self) -> None:
         pg = getattr(self, "_relayrl_pg", None)
         if pg is not None:

@@ -58,4 +58,11 @@ def rollout_stats(groups: list[Group], component: str, threshold: float) -> dict
     names = sorted({k for s in samples for k in s.reward_components})
     for name in names:
         out[f"reward/{name}"] = statistics.fmean(s.reward_components.get(name, 0.0) for s in samples)
+    counts = [g.expert_counts for g in groups if g.expert_counts is not None]
+    if counts:  # MoE: the experts the engines routed the step's tokens to (prompt and response)
+        import numpy as np
+
+        from learner.moe import expert_load_stats
+
+        out.update(expert_load_stats(np.sum(counts, axis=0), "moe/rollout"))
     return out

@@ -225,6 +225,14 @@ def offload_needs_zero(cfg: RunConfig) -> Optional[str]:
 
 
 @check
+def routing_replay_recorded(cfg: RunConfig) -> Optional[str]:
+    if cfg.learner.routing_replay and not cfg.rollout.record_routed_experts:
+        return ("learner.routing_replay replays the experts the rollout engine chose, which it records only with "
+                "rollout.record_routed_experts=true: set it too")
+    return None
+
+
+@check
 def rollout_sampling(cfg: RunConfig) -> Optional[str]:
     s = cfg.rollout.sampling
     if s.temperature < 0:

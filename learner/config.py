@@ -109,7 +109,12 @@ class LearnerConfig:
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     seed: int = 0
     extra_deepspeed: dict[str, Any] = field(default_factory=dict)  # merged into the DeepSpeed config
-    moe_aux_loss_coef: Optional[float] = None  # None keeps the model config's router aux loss coef
+    # MoE router load-balancing loss in the RL loss: off by default, as peers run RL; > 0 turns it on
+    # with that coefficient. None keeps the model config's (its output_router_logits and coefficient).
+    moe_aux_loss_coef: Optional[float] = 0.0
+    # MoE routing replay (R3): the learner's forward uses the experts the rollout engine chose for each
+    # token (needs rollout.record_routed_experts); the gating weights stay the learner's (learner/moe.py)
+    routing_replay: bool = False
     call_timeout_s: float = 1800.0  # a learner call (step, checkpoint, export) not done by then fails naming the rank
     # A non-finite loss or gradient skips that optimizer update (nothing changes; counted in
     # learner/nonfinite_skipped, the batch saved to RUN_DIR/nonfinite/). This many RL steps in a row

@@ -17,7 +17,7 @@ are garbage and masked out). Only the logits from the earliest response position
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -32,6 +32,7 @@ class MicroBatch:
     targets:         long [b, T]  response token ids (0 at padding)
     response_mask:   bool [b, T]  True at real response tokens
     lengths:         real (unpadded) length of each row
+    routed:          MoE: each row's recorded rollout routing (learner/moe.py), or None
     """
 
     index: list[int]
@@ -40,6 +41,7 @@ class MicroBatch:
     targets: torch.Tensor
     response_mask: torch.Tensor
     lengths: list[int]
+    routed: Optional[list[Any]] = None
 
     @property
     def real_tokens(self) -> int:
@@ -50,9 +52,11 @@ class MicroBatch:
         return self.input_ids.numel() if self.index else 0
 
 
-def collate(seqs: Sequence[torch.Tensor], prompt_lengths: Sequence[int], index: Sequence[int]) -> MicroBatch:
+def collate(seqs: Sequence[torch.Tensor], prompt_lengths: Sequence[int], index: Sequence[int],
+            routed: Optional[Sequence[Any]] = None) -> MicroBatch:
     """Right-pad sequences `index` of `seqs` into a MicroBatch. An empty `index` gives a dummy
-    one-sequence micro-batch with no response token (for ranks with fewer micro-batches)."""
+    one-sequence micro-batch with no response token (for ranks with fewer micro-batches).
+    `routed`: per-sequence recorded MoE routing, indexed like `seqs` (None = none recorded)."""
     index = list(index)
     if not index:
         ids = torch.zeros(1, 2, dtype=torch.long)
@@ -73,7 +77,8 @@ def collate(seqs: Sequence[torch.Tensor], prompt_lengths: Sequence[int], index: 
         positions[row] = (p - 1 + k).clamp(min=0, max=max(L - 2, 0))
         mask[row, :r] = True
     targets = torch.where(mask, ids.gather(1, (positions + 1).clamp(max=L - 1)), torch.zeros_like(positions))
-    return MicroBatch(index, ids, positions, targets, mask, lens)
+    return MicroBatch(index, ids, positions, targets, mask, lens,
+                      None if routed is None else [routed[i] for i in index])
 
 
 def response_logprobs(

@@ -25,6 +25,7 @@ from learner import train_step as steps
 from learner.batch import LearnerBatch
 from learner.config import AlgorithmConfig, LearnerConfig
 from learner.logprobs import MicroBatch, response_logprobs
+from learner.moe import RouterHooks, routing_metrics, topk_routers
 from learner.weight_protocol import ManifestEntry
 from learner.weight_sync import WeightLayout, WeightSender, full_shape, gathered, listen_socket
 
@@ -105,6 +106,10 @@ class LearnerRank:
         self._aux_coef = float(getattr(model.config, "router_aux_loss_coef", 0.0) or 0.0)
         wants_aux = cfg.moe_aux_loss_coef is not None or bool(getattr(model.config, "output_router_logits", False))
         self._router_aux = hasattr(model.config, "router_aux_loss_coef") and wants_aux and self._aux_coef > 0
+        # MoE: expert load, agreement with the sampler's routing, and routing replay (learner/moe.py)
+        self._router = RouterHooks(model, replay=cfg.routing_replay) if topk_routers(model) else None
+        if cfg.routing_replay and self._router is None:
+            raise ValueError("learner.routing_replay is on but the model has no top-k MoE router")
         self.engine, self.optimizer, self.scheduler = build_engine(model, cfg, world_size, total_steps)
         self.device = self.engine.device
         self.ref = None
@@ -115,9 +120,11 @@ class LearnerRank:
 
     # ---- what learner/train_step.py needs (its Engine protocol) --------------------------------
     def forward(self, mb: MicroBatch, *, grad: bool, entropy_grad: bool = False, reference: bool = False,
-                temperature: Optional[float] = None):
+                temperature: Optional[float] = None, measure_routing: bool = False):
         model = self.ref if reference else self.engine
-        with torch.set_grad_enabled(grad):
+        routing = (self._router.micro_batch(mb, measure=measure_routing, replay=self._router.replay)
+                   if self._router is not None and not reference else contextlib.nullcontext())
+        with torch.set_grad_enabled(grad), routing:
             return response_logprobs(model, mb, self.temperature if temperature is None else temperature,
                                      entropy=grad, entropy_grad=entropy_grad,
                                      router_aux_loss=grad and self._router_aux and not reference)
@@ -166,6 +173,10 @@ class LearnerRank:
 
     def aux_loss_coef(self) -> float:
         return self._aux_coef
+
+    def routing_metrics(self) -> dict[str, float]:
+        """MoE measurements since the last call, as raw sums (learner/moe.py); {} for a dense model."""
+        return {} if self._router is None else routing_metrics(self._router.reset())
 
     # ---- training --------------------------------------------------------------------------------
     def train_step(self, batch: LearnerBatch) -> dict[str, float]:

@@ -43,6 +43,7 @@ import torch
 from learner.batch import LearnerBatch
 from learner.config import AlgorithmConfig
 from learner.logprobs import MicroBatch, collate, pad_values, unpad
+from learner.moe import summarise_routing
 from learner.packing import pack_by_tokens, padding_waste, split_to_count
 
 
@@ -54,11 +55,13 @@ class Engine(Protocol):
     temperature: float
 
     def forward(self, mb: MicroBatch, *, grad: bool, entropy_grad: bool = False, reference: bool = False,
-                temperature: Optional[float] = None) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]: ...
+                temperature: Optional[float] = None, measure_routing: bool = False,
+                ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]: ...
     def backward(self, loss: torch.Tensor) -> None: ...
     def optimizer_step(self, lr: Optional[float] = None, advance_schedule: bool = True) -> tuple[float, float, bool]: ...
     def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor: ...
     def aux_loss_coef(self) -> float: ...
+    def routing_metrics(self) -> dict[str, float]: ...
 
 
 # ---- the loss of one micro-batch (pure) -------------------------------------------------------
@@ -153,14 +156,16 @@ def plan_micro_batches(eng: Engine, batch: LearnerBatch, idx: Sequence[int]) -> 
 
 
 def score(eng: Engine, batch: LearnerBatch, idx: Sequence[int], *, reference: bool = False,
-          temperature: Optional[float] = None) -> dict[int, torch.Tensor]:
-    """No-grad response logprobs {sequence index: [R_i]} of sequences `idx` (collective under ZeRO-3)."""
+          temperature: Optional[float] = None, measure_routing: bool = False) -> dict[int, torch.Tensor]:
+    """No-grad response logprobs {sequence index: [R_i]} of sequences `idx` (collective under ZeRO-3).
+    measure_routing: this forward runs the weights that sampled the batch (MoE load and agreement)."""
     plan, _ = plan_micro_batches(eng, batch, idx)
     out: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for mb_idx in plan:
-            mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx)
-            lp, _, _ = eng.forward(mb, grad=False, reference=reference, temperature=temperature)
+            mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx, batch.routed_experts)
+            lp, _, _ = eng.forward(mb, grad=False, reference=reference, temperature=temperature,
+                                   measure_routing=measure_routing)
             out.update(zip(mb.index, unpad(lp, mb)))
     return out
 
@@ -179,17 +184,19 @@ def train_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> d
     m_ = Metrics()
 
     reuse = algo.epochs * M > 1  # else the first forward IS the old policy: old = logp.detach()
-    old = score(eng, batch, trained) if reuse else None
+    old = score(eng, batch, trained, measure_routing=True) if reuse else None
     ref = score(eng, batch, trained, reference=True) if uses_reference(algo) else None
     if old is not None:
         _sampler_diff(m_, batch, old)
     updates = [update(eng, batch, algo, mini[m], old, ref, m_) for _ in range(algo.epochs) for m in range(M)]
 
+    for key, v in eng.routing_metrics().items():  # MoE: expert load and routing agreement (same keys on all ranks)
+        m_.add(key, v)
     m_.add("learner/sequences", len(trained))
     m_.add("learner/train_tokens", sum(u["tokens"] for u in updates))
     m_.max("learner/train_seconds", sum(u["seconds"] for u in updates))
     m_.max("learner/step_seconds", time.perf_counter() - t_start)
-    out = m_.reduce(eng)
+    out = summarise_routing(m_.reduce(eng))
     out["learner/tokens_per_s"] = out.pop("learner/train_tokens") / max(out["learner/train_seconds"], 1e-9)
     applied = [u for u in updates if u["applied"]]
     norms = [u["grad_norm"] for u in applied] or [math.nan]  # a skipped update's norm is not finite
@@ -215,7 +222,7 @@ def update(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig, idx: list[in
     m_.add("learner/micro_batches", len(plan) / eng.world_size)  # summed over ranks: per rank
     t0, tokens = time.perf_counter(), 0
     for mb_idx in plan:
-        mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx)
+        mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx, batch.routed_experts)
         loss = micro_batch_loss(eng, batch, algo, mb, old, ref, float(counts[0]), float(counts[1]), len(plan), m_)
         # x K: DeepSpeed averages gradients over the K ranks, but the K ranks' shares must add up.
         eng.backward(poison_nonfinite(loss) * eng.world_size)
@@ -240,7 +247,8 @@ def micro_batch_loss(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig, mb
                      old: Optional[dict[int, torch.Tensor]], ref: Optional[dict[int, torch.Tensor]],
                      global_tokens: float, global_seqs: float, n_micro: int, m_: Metrics) -> torch.Tensor:
     """Forward one micro-batch; return its share of the mini-batch loss; record its metrics."""
-    lp, ent, aux = eng.forward(mb, grad=True, entropy_grad=algo.entropy_coef != 0)
+    # the first forward is the sampling policy's when the batch is not reused (old is None)
+    lp, ent, aux = eng.forward(mb, grad=True, entropy_grad=algo.entropy_coef != 0, measure_routing=old is None)
     dev = lp.device
     mask = mb.response_mask.to(dev)
     if old is None:
@@ -298,7 +306,7 @@ def sft_on_batch(eng: Engine, batch: LearnerBatch, lr: Optional[float] = None) -
     plan, waste = plan_micro_batches(eng, batch, idx)
     m_ = Metrics()
     for mb_idx in plan:
-        mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx)
+        mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx, batch.routed_experts)
         lp, _, _ = eng.forward(mb, grad=True, temperature=1.0)
         mask = mb.response_mask.to(lp.device)
         loss = torch.where(mask, -lp, torch.zeros_like(lp)).sum() / max(g_tokens, 1.0)

@@ -1,0 +1,135 @@
+"""learner/moe.py: expert-load statistics, top-k agreement, and routing replay on a tiny Qwen3-MoE."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from learner.logprobs import collate, response_logprobs
+from learner.moe import (RouterHooks, expert_load_stats, routing_metrics, routing_tensor, summarise_routing,
+                         topk_agreement)
+
+pytestmark = pytest.mark.unit
+
+
+def test_expert_load_stats_by_hand():
+    # layer 0: 2 experts x 2 tokens (balanced); layer 1: one expert takes all 4
+    m = expert_load_stats([[2, 2], [4, 0]], "moe/x")
+    assert m["moe/x/layer0/load_entropy"] == pytest.approx(1.0)
+    assert m["moe/x/layer0/max_mean_load"] == pytest.approx(1.0)
+    assert m["moe/x/layer1/load_entropy"] == 0.0
+    assert m["moe/x/layer1/max_mean_load"] == pytest.approx(2.0)
+    assert m["moe/x/layer1/tokens_e0"] == 4.0 and m["moe/x/layer1/tokens_e1"] == 0.0
+    assert m["moe/x/load_entropy"] == pytest.approx(0.5)
+    assert m["moe/x/max_mean_load"] == pytest.approx(2.0)
+    # 3 experts loaded 1:1:2 -> entropy (2 * 1/4 ln 4 + 1/2 ln 2) / ln 3
+    m = expert_load_stats([[1, 1, 2]], "p")
+    assert m["p/layer0/load_entropy"] == pytest.approx((0.5 * math.log(4) + 0.5 * math.log(2)) / math.log(3))
+    assert m["p/layer0/max_mean_load"] == pytest.approx(2 / (4 / 3))
+    with pytest.raises(ValueError, match="layers, experts"):
+        expert_load_stats([1, 2], "p")
+
+
+def test_topk_agreement_compares_sets_on_valid_rows():
+    own = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7]])
+    rec = torch.tensor([[1, 0], [2, 4], [4, 5], [0, 1]])
+    valid = torch.tensor([True, True, True, False])
+    assert topk_agreement(own, rec, valid) == (2, 3)  # row 0 (same set, other order) and row 2
+
+
+def test_summarise_routing_sums_to_rates_and_load():
+    acc = {"counts": np.array([[3, 1], [2, 2]]), "agree": 6, "used_agree": 8, "compared": 8}
+    out = summarise_routing(routing_metrics(acc))
+    assert not any(k.startswith("moe/_count") for k in out)
+    assert out["moe/routing_agreement"] == 0.75 and out["moe/used_routing_agreement"] == 1.0
+    assert out["moe/learner/layer0/max_mean_load"] == pytest.approx(1.5)
+    assert out["moe/learner/layer1/load_entropy"] == pytest.approx(1.0)
+
+
+def test_routing_tensor_pads_and_checks_shape():
+    rec = np.array([[[0, 1]], [[2, 3]]], dtype=np.uint8)  # 2 tokens, 1 layer, top-2
+    r, valid = routing_tensor([rec, None], rows=2, length=3, layers=1, top_k=2)
+    assert r.shape == (6, 1, 2)
+    assert valid.tolist() == [True, True, False, False, False, False]
+    assert r[1, 0].tolist() == [2, 3]
+    with pytest.raises(ValueError, match="MoE layers"):
+        routing_tensor([rec], rows=1, length=3, layers=2, top_k=2)
+
+
+@pytest.fixture(scope="module")
+def moe_model(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    from cluster.tiny_model import TinyModelSpec, make_tiny_model
+
+    path = make_tiny_model(tmp_path_factory.mktemp("moe"), TinyModelSpec(moe=True))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with torch.no_grad():  # a random router is nearly uniform; make routing decisive
+        for name, p in model.named_parameters():
+            if name.endswith("gate.weight"):
+                p.normal_(0, 0.5)
+    return model
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(3, 90, (n,), generator=g) for n in (9, 6)]
+    return seqs, [4, 3]
+
+
+def _own_routing(model, hooks, seqs, plens):
+    """Each sequence's own routing [len - 1, layers, k] (what a sampler with the same weights records)."""
+    seen = []
+    handles = [r.register_forward_hook(lambda m, i, o: seen.append(o[2].detach())) for r, _ in hooks.pairs]
+    out = []
+    for s in seqs:
+        seen.clear()
+        with torch.no_grad():
+            model(input_ids=s[None])
+        out.append(torch.stack(seen, 1)[: len(s) - 1].numpy().astype(np.uint8))
+    for h in handles:
+        h.remove()
+    return out
+
+
+def test_replay_of_own_routing_changes_nothing_and_agrees(moe_model):
+    hooks = RouterHooks(moe_model, replay=True)
+    seqs, plens = _batch()
+    routed = _own_routing(moe_model, hooks, seqs, plens)
+    mb = collate(seqs, plens, [0, 1], routed)
+    with torch.no_grad():
+        plain, _, _ = response_logprobs(moe_model, mb)
+        with hooks.micro_batch(mb, measure=True, replay=True):
+            replayed, _, _ = response_logprobs(moe_model, mb)
+    acc = hooks.reset()
+    assert torch.equal(plain, replayed)
+    compared = sum(len(s) - 1 for s in seqs) * hooks.layers
+    assert acc["compared"] == compared and acc["agree"] == compared and acc["used_agree"] == compared
+    assert acc["counts"].sum() == sum(len(s) for s in seqs) * hooks.layers * hooks.top_k  # real tokens only
+
+
+def test_replay_uses_the_recorded_experts_and_the_router_still_learns(moe_model):
+    hooks = RouterHooks(moe_model, replay=True)
+    seqs, plens = _batch()
+    own = _own_routing(moe_model, hooks, seqs, plens)
+    other = [(r.astype(np.int64) + 3) % hooks.experts for r in own]  # a different, valid expert choice
+    mb = collate(seqs, plens, [0, 1], [o.astype(np.uint8) for o in other])
+
+    with hooks.micro_batch(mb, measure=True, replay=False):  # replay off: the learner's own top-k
+        with torch.no_grad():
+            plain, _, _ = response_logprobs(moe_model, mb)
+    off = hooks.reset()
+    assert off["used_agree"] == off["agree"] == 0  # +3 mod 8 never equals the own set
+
+    moe_model.zero_grad()
+    with hooks.micro_batch(mb, measure=True, replay=True):
+        replayed, _, _ = response_logprobs(moe_model, mb)
+    on = hooks.reset()
+    assert on["used_agree"] == on["compared"] > 0  # the experts computed with exactly the recorded ones
+    assert on["agree"] == 0  # the router's own choice is still measured
+    assert (replayed.detach() - plain).abs().max() > 1e-3  # and the forward really changed
+    replayed[mb.response_mask].sum().backward()
+    for router, _ in hooks.pairs:
+        assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
