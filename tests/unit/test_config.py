@@ -74,6 +74,7 @@ def test_override_without_equals_sign():
     ({"learner.cpus_per_rank": -1}, "resources_fit", "learner.cpus_per_rank=-1"),
     ({"cluster.num_cpus": 8, "cluster.address": "10.0.0.1:6379"}, "resources_fit", "remove cluster.num_cpus"),
     ({"learner.offload_params": True}, "offload_needs_zero", "zero_stage=3"),
+    ({"learner.routing_replay": True}, "routing_replay_recorded", "rollout.record_routed_experts=true"),
     ({"learner.offload_optimizer": True, "learner.zero_stage": 0}, "offload_needs_zero", "zero_stage >= 1"),
     ({"rollout.sampling.temperature": 0}, "rollout_sampling", "temperature > 0 or rollout.n=1"),
     ({"algorithm.advantage.name": "gae"}, "critic_available", "PPO critic"),
