@@ -60,6 +60,10 @@ class RoutingCapture:
             if not isinstance(m.router, BaseRouter):
                 raise ValueError(f"MoE layer {m.layer_id}: router {type(m.router).__name__} has no capture hook "
                                  f"in vLLM 0.32; expert load and routing replay need one")
+        if moe:
+            unsupported = _unsupported_engine(runner)
+            if unsupported:
+                raise ValueError(f"MoE routing capture (expert load, routing replay) does not support {unsupported}")
         self.layer_ids = [int(m.layer_id) for m in moe]
         self.experts = int(moe[0].router.global_num_experts) if moe else 0
         self.top_k = int(moe[0].router.top_k) if moe else 0
@@ -69,10 +73,10 @@ class RoutingCapture:
         self._requests: dict[str, _Request] = {}
         if not moe:
             return
-        # One device buffer written by a copy inside the forward (so it also works when the forward is
-        # a replayed CUDA graph, where no Python callback runs): rows [tokens, layers, k]. Before each
-        # step the rows it will use are set to -1; a -1 left afterwards means a layer did not report.
-        rows = int(runner.scheduler_config.max_num_batched_tokens) + 1024  # + CUDA-graph padding
+        # One device buffer written by a copy inside the forward (one device-to-host copy per step):
+        # rows [tokens, layers, k]. Before each step the rows it will use are set to -1; a -1 left
+        # afterwards means a layer did not report.
+        rows = int(runner.scheduler_config.max_num_batched_tokens)
         self._buffer = torch.full((rows, len(moe), self.top_k), -1, dtype=torch.int16, device=runner.device)
         for pos, m in enumerate(moe):
             m.router.set_capture_fn(lambda ids, pos=pos: self._buffer[: ids.shape[0], pos].copy_(ids))
@@ -144,3 +148,17 @@ class RoutingCapture:
 
     def reset(self) -> None:
         self._requests.clear()
+
+
+def _unsupported_engine(runner: Any) -> str:
+    """What of the engine's set-up the capture cannot follow ('' = none of it)."""
+    from vllm.config import CUDAGraphMode
+
+    cfg = runner.vllm_config
+    if cfg.speculative_config is not None:
+        return "speculative decoding (the runner re-plans the step's tokens; turn it off)"
+    mode = cfg.compilation_config.cudagraph_mode
+    if mode is not None and mode != CUDAGraphMode.NONE:
+        # GPU-only: graphs are captured before the capture is installed, and a replayed graph runs no callback
+        return "CUDA graphs (set rollout.enforce_eager=true)"
+    return ""

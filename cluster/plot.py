@@ -1,4 +1,6 @@
-"""`relayrl plot RUN_DIR`: reward and held-out accuracy over steps, as a PNG in the run directory."""
+"""`relayrl plot RUN_DIR`: reward and held-out accuracy over steps, as a PNG in the run directory
+(curves.png); for an MoE run also expert_load.png: each MoE layer's load entropy on the rollout and
+the learner side, and the routing agreement, over steps."""
 
 from __future__ import annotations
 
@@ -32,6 +34,40 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.legend(loc="upper left", bbox_to_anchor=(0.0, 1.0), bbox_transform=ax.transAxes, fontsize=8)
     fig.tight_layout()
     path = Path(out) if out else Path(run_dir) / "curves.png"
+    fig.savefig(path)
+    plt.close(fig)
+    if any("moe/rollout/load_entropy" in r for r in train):
+        plot_moe(train, path.with_name("expert_load.png"))
+    return path
+
+
+def plot_moe(train: list[dict], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in train if "moe/rollout/load_entropy" in r]
+    steps = [r["step"] for r in rows]
+    layers = sorted({int(k.split("/")[2][5:]) for r in rows for k in r
+                     if k.startswith("moe/rollout/layer") and k.endswith("/load_entropy")})
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    for layer in layers:
+        for side, style in (("rollout", "-"), ("learner", "--")):
+            key = f"moe/{side}/layer{layer}/load_entropy"
+            if any(key in r for r in rows):
+                ax.plot(steps, [r.get(key, float("nan")) for r in rows], style, label=f"layer {layer} {side}")
+    ax.set_title("expert load entropy (1 = balanced)")
+    ax.set_xlabel("step")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    for key, label in (("moe/routing_agreement", "learner's own top-k"),
+                       ("moe/used_routing_agreement", "experts used by the learner")):
+        if any(key in r for r in rows):
+            ax2.plot(steps, [r.get(key, float("nan")) for r in rows], label=label)
+    ax2.set_title("routing agreement with the sampler")
+    ax2.set_xlabel("step")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -71,21 +71,23 @@ def topk_agreement(own: torch.Tensor, recorded: torch.Tensor, valid: torch.Tenso
     return int((same & valid).sum()), int(valid.sum())
 
 
-def routing_tensor(routed: Sequence[Optional[np.ndarray]], rows: int, length: int, layers: int,
+def routing_tensor(routed: Sequence[Optional[np.ndarray]], lengths: Sequence[int], length: int, layers: int,
                    top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Recorded routing of a micro-batch's rows (`routed[row]`, None = no record), right-padded like
-    its input_ids: (long [rows * length, layers, top_k], bool [rows * length] where a record exists)."""
+    """Recorded routing of a micro-batch's rows (`routed[row]` for a row of `lengths[row]` tokens, None =
+    no record), right-padded to `length` like its input_ids: (long [rows * length, layers, top_k],
+    bool [rows * length] where a record exists). A record covers every token but the last."""
+    rows = len(routed)
     out = torch.zeros(rows, length, layers, top_k, dtype=torch.long)
     valid = torch.zeros(rows, length, dtype=torch.bool)
-    for row, rec in enumerate(routed):
+    for row, (rec, n) in enumerate(zip(routed, lengths)):
         if rec is None:
             continue
-        if rec.ndim != 3 or rec.shape[1:] != (layers, top_k):
-            raise ValueError(f"recorded routing of shape {tuple(rec.shape)} does not fit this model's "
-                             f"{layers} MoE layers x top-{top_k} (was the rollout engine serving another model?)")
-        n = min(len(rec), length)
-        out[row, :n] = torch.from_numpy(np.asarray(rec[:n], dtype=np.int64))
-        valid[row, :n] = True
+        if rec.ndim != 3 or rec.shape[1:] != (layers, top_k) or len(rec) != n - 1:
+            raise ValueError(f"recorded routing of shape {tuple(rec.shape)} does not fit a sequence of {n} tokens "
+                             f"on this model's {layers} MoE layers x top-{top_k} (expected ({n - 1}, {layers}, "
+                             f"{top_k}); was the rollout engine serving another model?)")
+        out[row, : n - 1] = torch.from_numpy(np.asarray(rec, dtype=np.int64))
+        valid[row, : n - 1] = True
     return out.reshape(rows * length, layers, top_k), valid.reshape(-1)
 
 
@@ -99,6 +101,16 @@ def topk_routers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn
         if gate is not None and experts is not None and type(gate).__name__.endswith("TopKRouter"):
             pairs.append((gate, experts))
     return pairs
+
+
+def gating_weights(router: torch.nn.Module, logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """The router's weights for experts `chosen` [N, k]: its softmax over all experts (fp32, as
+    transformers' Qwen3-MoE router computes it) gathered at them, renormalised over the k when the
+    model does (`norm_topk_prob`). Gradients flow into the logits."""
+    weights = torch.softmax(logits.float(), dim=-1).gather(-1, chosen)
+    if getattr(router, "norm_topk_prob", False):
+        weights = weights / weights.sum(-1, keepdim=True)
+    return weights
 
 
 class _Context:
@@ -118,6 +130,7 @@ class RouterHooks:
         self.layers, self.experts, self.top_k = len(self.pairs), int(gate.num_experts), int(gate.top_k)
         self.replay = replay
         self._ctx: Optional[_Context] = None
+        self._checked: set[int] = set()  # layers whose router the replay formula was checked against
         self.reset()
         for layer, (router, experts) in enumerate(self.pairs):
             router.register_forward_hook(lambda m, i, o, layer=layer: self._router_out(layer, m, o))
@@ -130,21 +143,34 @@ class RouterHooks:
                      "agree": 0, "used_agree": 0, "compared": 0}
         return old
 
-    @contextlib.contextmanager
-    def micro_batch(self, mb: Any, *, measure: bool, replay: bool) -> Iterator[None]:
-        """Around one forward of a micro-batch (learner/logprobs.py MicroBatch; `mb.routed` its rows'
-        records or None)."""
+    def begin(self, mb: Any, *, measure: bool, replay: bool) -> None:
+        """Before the forward of a micro-batch (learner/logprobs.py MicroBatch; `mb.routed` its rows'
+        records or None). Stays in force until `end`: with gradient checkpointing the backward
+        recomputes the layers, and the recomputation must route as the forward did."""
         rows, length = mb.input_ids.shape
         real = torch.arange(length)[None, :] < torch.tensor(list(mb.lengths))[:, None]
         real = real.reshape(-1) if mb.index else torch.zeros(rows * length, dtype=torch.bool)
         routing = valid = None
         if mb.routed is not None and mb.index:
-            routing, valid = routing_tensor(mb.routed, rows, length, self.layers, self.top_k)
+            routing, valid = routing_tensor(mb.routed, mb.lengths, length, self.layers, self.top_k)
         self._ctx = _Context(routing, valid, real, replay and routing is not None, measure)
+
+    def forward_done(self) -> None:
+        """After the forward: nothing more is measured (a recomputation in backward would count twice)."""
+        if self._ctx is not None:
+            self._ctx.measure = False
+
+    def end(self) -> None:
+        self._ctx = None
+
+    @contextlib.contextmanager
+    def micro_batch(self, mb: Any, *, measure: bool, replay: bool) -> Iterator[None]:
+        """begin ... end around a block (a forward, and its backward when it has one)."""
+        self.begin(mb, measure=measure, replay=replay)
         try:
             yield
         finally:
-            self._ctx = None
+            self.end()
 
     def _router_out(self, layer: int, module: torch.nn.Module, output: Any) -> Any:
         ctx = self._ctx
@@ -161,13 +187,17 @@ class RouterHooks:
                 self._acc["compared"] += n
         if not ctx.replay:
             return None
+        if layer not in self._checked:  # the replay formula must reproduce this router's own weights
+            own = gating_weights(module, logits, indices.long()).to(scores.dtype)
+            if not torch.allclose(own.float(), scores.float(), rtol=1e-3, atol=1e-5):
+                raise NotImplementedError(
+                    f"routing replay: {type(module).__name__} computes its gating weights differently from "
+                    f"softmax-then-gather (max difference {(own.float() - scores.float()).abs().max():.3g}); "
+                    f"replay is verified for Qwen3-MoE-style routers only")
+            self._checked.add(layer)
         rec = ctx.routing[:, layer].to(indices.device)
         chosen = torch.where(ctx.valid.to(indices.device)[:, None], rec, indices.long())
-        probs = torch.softmax(logits.float(), dim=-1)  # what the router computed: gradients flow through it
-        weights = probs.gather(-1, chosen)
-        if getattr(module, "norm_topk_prob", False):
-            weights = weights / weights.sum(-1, keepdim=True)
-        return logits, weights.to(scores.dtype), chosen.to(indices.dtype)
+        return logits, gating_weights(module, logits, chosen).to(scores.dtype), chosen.to(indices.dtype)
 
     def _experts_in(self, layer: int, args: tuple) -> None:
         ctx = self._ctx

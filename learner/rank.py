@@ -122,16 +122,25 @@ class LearnerRank:
     def forward(self, mb: MicroBatch, *, grad: bool, entropy_grad: bool = False, reference: bool = False,
                 temperature: Optional[float] = None, measure_routing: bool = False):
         model = self.ref if reference else self.engine
-        routing = (self._router.micro_batch(mb, measure=measure_routing, replay=self._router.replay)
-                   if self._router is not None and not reference else contextlib.nullcontext())
-        with torch.set_grad_enabled(grad), routing:
-            return response_logprobs(model, mb, self.temperature if temperature is None else temperature,
-                                     entropy=grad, entropy_grad=entropy_grad,
-                                     router_aux_loss=grad and self._router_aux and not reference)
+        hooks = self._router if not reference else None
+        if hooks is not None:  # MoE: measure, and replay the recorded routing (learner/moe.py)
+            hooks.begin(mb, measure=measure_routing, replay=hooks.replay)
+        try:
+            with torch.set_grad_enabled(grad):
+                return response_logprobs(model, mb, self.temperature if temperature is None else temperature,
+                                         entropy=grad, entropy_grad=entropy_grad,
+                                         router_aux_loss=grad and self._router_aux and not reference)
+        finally:
+            if hooks is not None:
+                # a grad forward keeps its routing until its backward (which gradient checkpointing
+                # recomputes through the routers); anything else is done
+                hooks.forward_done() if grad else hooks.end()
 
     def backward(self, loss: torch.Tensor) -> None:
         # gradient_accumulation_steps is 1 and accumulation is unmanaged: no rescaling by DeepSpeed.
         self.engine.backward(loss, scale_wrt_gas=False)
+        if self._router is not None:
+            self._router.end()
 
     def optimizer_step(self, lr: Optional[float] = None, advance_schedule: bool = True) -> tuple[float, float, bool]:
         """One optimizer update (the accumulation boundary). Returns (global grad norm before clipping,

@@ -48,13 +48,15 @@ def test_summarise_routing_sums_to_rates_and_load():
 
 
 def test_routing_tensor_pads_and_checks_shape():
-    rec = np.array([[[0, 1]], [[2, 3]]], dtype=np.uint8)  # 2 tokens, 1 layer, top-2
-    r, valid = routing_tensor([rec, None], rows=2, length=3, layers=1, top_k=2)
+    rec = np.array([[[0, 1]], [[2, 3]]], dtype=np.uint8)  # a 3-token sequence: 2 routed tokens, 1 layer, top-2
+    r, valid = routing_tensor([rec, None], [3, 2], length=3, layers=1, top_k=2)
     assert r.shape == (6, 1, 2)
     assert valid.tolist() == [True, True, False, False, False, False]
     assert r[1, 0].tolist() == [2, 3]
     with pytest.raises(ValueError, match="MoE layers"):
-        routing_tensor([rec], rows=1, length=3, layers=2, top_k=2)
+        routing_tensor([rec], [3], length=3, layers=2, top_k=2)
+    with pytest.raises(ValueError, match=r"expected \(3, 1, 2\)"):  # a record of another sequence's length
+        routing_tensor([rec], [4], length=4, layers=1, top_k=2)
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +135,56 @@ def test_replay_uses_the_recorded_experts_and_the_router_still_learns(moe_model)
     replayed[mb.response_mask].sum().backward()
     for router, _ in hooks.pairs:
         assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
+
+
+def test_replay_holds_through_a_gradient_checkpointed_backward(moe_model):
+    """With gradient checkpointing the backward recomputes each layer: the routing must stay the
+    replayed one until the backward is done (begin ... forward_done ... backward ... end), and the
+    gradients equal those of the same forward without checkpointing."""
+    hooks = RouterHooks(moe_model, replay=True)
+    seqs, plens = _batch()
+    other = [((r.astype(np.int64) + 3) % hooks.experts).astype(np.uint8) for r in _own_routing(moe_model, hooks, seqs, plens)]
+    mb = collate(seqs, plens, [0, 1], other)
+
+    def grads(checkpointing: bool) -> dict:
+        moe_model.zero_grad()
+        if checkpointing:
+            moe_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        moe_model.train()
+        try:
+            hooks.begin(mb, measure=True, replay=True)
+            lp, _, _ = response_logprobs(moe_model, mb)
+            hooks.forward_done()
+            lp[mb.response_mask].sum().backward()
+            hooks.end()
+        finally:
+            moe_model.gradient_checkpointing_disable()
+            moe_model.eval()
+        return {n: p.grad.clone() for n, p in moe_model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = grads(False), grads(True)
+    acc = hooks.reset()
+    # two forwards, each measured once (not again in the checkpointed recompute), replayed throughout
+    assert acc["compared"] == 2 * sum(len(s) - 1 for s in seqs) * hooks.layers == acc["used_agree"]
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7)
+
+
+def test_replay_refuses_a_router_it_does_not_reproduce(moe_model):
+    hooks = RouterHooks(moe_model, replay=True)
+    seqs, plens = _batch()
+    mb = collate(seqs, plens, [0, 1], _own_routing(moe_model, hooks, seqs, plens))
+    router = hooks.pairs[0][0]
+
+    def other_router(hidden):  # a router whose gating weights are not softmax-then-gather (e.g. scaled)
+        logits, scores, indices = type(router).forward(router, hidden)
+        return logits, scores * 0.5, indices
+
+    router.forward = other_router
+    try:
+        with pytest.raises(NotImplementedError, match="gating weights"):
+            with torch.no_grad(), hooks.micro_batch(mb, measure=False, replay=True):
+                response_logprobs(moe_model, mb)
+    finally:
+        del router.forward
