@@ -114,11 +114,20 @@ def hf_routing(model_dir, ids: list[int]) -> np.ndarray:
 def test_recorded_routing_is_the_routing_of_the_weights_that_sampled(moe, tmp_path):
     """Every prompt and response token's experts, as the engine computed them, before and after an
     in-place update (the capture survives the MoE reload fix); expert counts add up."""
-    worker, model_dir, sender = moe
+    worker, model_dir, _ = moe
     new_dir = write_model_dir(model_dir, perturbed(load_checkpoint(model_dir), 11, 1.0), tmp_path / "routing")
-    sender.start_send(model_dir, 11, 1.0, BUCKET_BYTES)
-    worker.receive_weights(9)
-    sender.wait()
+    sender = WeightSender()  # its own group: an earlier test may have moved the worker to another sender
+    try:
+        manifest, buckets = plan(load_checkpoint(model_dir), BUCKET_BYTES)
+        port = free_port()
+        sender.start_init("127.0.0.1", port, world_size=2, timeout_s=60)
+        worker.init_weight_sync("127.0.0.1", port, 1, 2, manifest, buckets, "gloo", 60.0)
+        sender.wait()
+        sender.start_send(model_dir, 11, 1.0, BUCKET_BYTES)
+        worker.receive_weights(9)
+        sender.wait()
+    finally:
+        sender.close()
     groups = worker.generate(PROMPTS, 3)
     assert worker.moe["layers"] == 2 and worker.moe["experts"] == 8 and worker.moe["top_k"] == 2
     differs = 0
