@@ -39,6 +39,20 @@ class AutoscaleConfig:
 
 
 @dataclasses.dataclass
+class EnvConfig:
+    """Multi-turn rollouts (actors/multi_turn.py): the model's turns alternate with an environment's
+    observations until the environment says done or a limit ends the trajectory."""
+
+    name: str = ""  # "" = single-turn; a registered environment (calculator, python) or "pkg.mod:Class"
+    params: dict[str, Any] = field(default_factory=dict)  # the environment's own knobs
+    max_turns: int = 4  # model turns per trajectory
+    max_total_tokens: int = 256  # response tokens (model + observation) per trajectory
+    max_obs_tokens: int = 64  # an observation is cut to this many tokens (counted)
+    timeout_s: float = 10.0  # per environment step; a timeout or exception ends the trajectory (counted)
+    reward_weight: float = 1.0  # weight of the summed environment rewards (component "env") in the reward
+
+
+@dataclasses.dataclass
 class RolloutConfig:
     num_workers: int = 1  # vLLM engines, each its own Ray actor
     max_restarts: int = 3  # rollout workers that die are replaced, their prompts re-issued; more deaths stop the run
@@ -63,6 +77,7 @@ class RolloutConfig:
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)  # `relayrl scale` works without it
     record_routed_experts: bool = False  # MoE routing replay (see DESIGN.md)
+    env: EnvConfig = field(default_factory=EnvConfig)  # multi-turn, tool-using rollouts
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM as is
 
 

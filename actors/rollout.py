@@ -99,12 +99,25 @@ class RolloutWorker:
             kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * (1 << 30))
         if cfg.record_routed_experts:
             kwargs["enable_prefix_caching"] = False  # every token's routing is computed by its own request
+        if cfg.env.name:
+            # multi-turn: a turn's request joins a running batch with a long prompt, and a chunked prefill
+            # discards its sample by rewinding the request's generator, which vLLM's CPU generator cannot
+            # do ("CPU Generator does not use offset") for seeded requests: prefill prompts whole
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(cfg.engine_kwargs)
         self.llm = LLM(**kwargs)
         # MoE: per-request expert counts (load telemetry) and, when recorded, routing (actors/routing_capture.py)
         self.moe = self.llm.collective_rpc("routing_init", args=(cfg.record_routed_experts,))[0]
         self.llm.llm_engine.set_weight_version(str(self._version))  # the label on every sampled token
         self.tokenizer = self.llm.get_tokenizer()
+        self.multi_turn = None
+        if cfg.env.name:  # multi-turn rollouts with an environment (actors/multi_turn.py)
+            if self.moe:
+                raise NotImplementedError("rollout.env with an MoE model: the per-request routing capture does "
+                                          "not follow a trajectory across turns yet; use a dense model")
+            from actors.multi_turn import MultiTurnRunner
+
+            self.multi_turn = MultiTurnRunner(self)
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -152,6 +165,9 @@ class RolloutWorker:
             raise ValueError("prompt_id must be unique within one generate call")
         inputs = [_engine_input(p) for p in prompts]
         params = [self._sampling_params(n, sampling, p) for p in prompts]
+        if self.multi_turn is not None:
+            yield from self._generate_multi_turn(prompts, n, sampling, version_override)
+            return
         with self._generation_lock:
             with self._engine():
                 self._awake("generate")
@@ -187,6 +203,16 @@ class RolloutWorker:
                         engine.abort_request(list(pending))
         if pending:
             raise RuntimeError(f"engine finished without outputs for prompts {[p['prompt_id'] for p in pending.values()]}")
+
+    def _generate_multi_turn(self, prompts: list[dict[str, Any]], n: int, sampling: Optional[dict[str, Any]],
+                             version_override: Optional[int]) -> Iterator[Group]:
+        with self._generation_lock:
+            with self._engine():
+                self._awake("generate")
+                if self.llm.llm_engine.has_unfinished_requests():
+                    raise RuntimeError("RolloutWorker runs one generation at a time; the engine still has requests")
+                self._reset_stale_prefix_cache()
+            yield from self.multi_turn.run(prompts, n, sampling, version_override)
 
     @contextlib.contextmanager
     def _engine(self, load: bool = False) -> Iterator[None]:
@@ -429,6 +455,7 @@ class RolloutWorker:
             "cores": list(self.cores),
             "weight_sync": self._weight_sync,
             "unfinished_requests": self.llm.llm_engine.get_num_unfinished_requests(),
+            "env_stuck_threads": self.multi_turn.stuck_threads() if self.multi_turn is not None else 0,
         }
 
     def shutdown(self) -> None:

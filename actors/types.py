@@ -8,7 +8,36 @@ tensor batch (learner/batch.py); the learner never sees these types.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
+
+
+# the limits that can end a multi-turn trajectory (Episode.cut)
+EPISODE_CUTS = ("max_turns", "max_total_tokens", "max_model_len")
+
+
+@dataclasses.dataclass
+class Episode:
+    """A multi-turn trajectory's record (actors/multi_turn.py).
+
+    turn_ends[t]: response-token offset where model turn t ends (its observation follows);
+    turn_rewards[t]: the environment's reward for turn t; cut: the limit that ended the trajectory
+    ("max_turns", "max_total_tokens", "max_model_len"; "" = the environment said done, or a turn
+    ended by length on the last budget); error: why the environment failed ("" = it did not).
+    """
+
+    turns: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    env_seconds: float = 0.0  # summed over the environment's steps
+    obs_truncated: int = 0  # observations cut to max_obs_tokens
+    turn_ends: list[int] = dataclasses.field(default_factory=list)
+    turn_rewards: list[float] = dataclasses.field(default_factory=list)
+    cut: str = ""
+    error: str = ""
+
+    @property
+    def env_reward(self) -> float:
+        return float(sum(self.turn_rewards))
 
 
 @dataclasses.dataclass
@@ -40,6 +69,10 @@ class Sample:
     # MoE routing replay (rollout.record_routed_experts): numpy uint8 [prompt + response - 1 tokens,
     # MoE layers, top_k], the experts the engine routed each input token to (actors/routing_capture.py)
     routed_experts: Any = None
+    # multi-turn (rollout.env): 1 at the model's tokens, 0 at observation tokens, per response token
+    # ([] = every response token is the model's); the sampler's logprobs are 0.0 at observation tokens
+    response_mask: list[int] = dataclasses.field(default_factory=list)
+    episode: Optional[Episode] = None  # multi-turn: what happened in the trajectory
 
     @property
     def response_length(self) -> int:

@@ -23,6 +23,8 @@ def reward_weights(cfg: Any) -> dict[str, float]:
         weights["model"] = cfg.reward.model_weight
     if cfg.buffer.overlong.enabled:
         weights["overlong"] = 1.0  # the buffer adds the penalty to the reward as is
+    if cfg.rollout.env.name:
+        weights["env"] = cfg.rollout.env.reward_weight  # the environment's rewards (actors/multi_turn.py)
     return weights
 
 
@@ -47,6 +49,7 @@ def groups_to_batch(groups: list[Group], algo: AlgorithmConfig, weights: dict[st
     else:
         advantages = compute_advantages(algo.advantage.name, rewards, group_index, **algo.advantage.params)
     routed = [s.routed_experts for s in samples]
+    masked = any(s.response_mask for s in samples)  # multi-turn: observation tokens take no loss
     return LearnerBatch(
         input_ids=[torch.tensor(s.prompt_ids + s.response_ids, dtype=torch.long) for s in samples],
         prompt_lengths=[len(s.prompt_ids) for s in samples],
@@ -57,7 +60,16 @@ def groups_to_batch(groups: list[Group], algo: AlgorithmConfig, weights: dict[st
         policy_versions=torch.tensor([s.policy_version for s in samples], dtype=torch.long),
         loss_mask=torch.ones(len(samples), dtype=torch.bool),
         routed_experts=routed if any(r is not None for r in routed) else None,
+        token_masks=[_token_mask(s) for s in samples] if masked else None,
     )
+
+
+def _token_mask(sample: Any) -> torch.Tensor:
+    mask = sample.response_mask or [1] * len(sample.response_ids)
+    if len(mask) != len(sample.response_ids):
+        raise ValueError(f"sample {sample.prompt_id!r}: response_mask has {len(mask)} entries for "
+                         f"{len(sample.response_ids)} response tokens")
+    return torch.tensor(mask, dtype=torch.bool)
 
 
 def sft_examples(prompts: list[dict[str, Any]], tokenizer: Any, target_key: str) -> list[tuple[list[int], int]]:

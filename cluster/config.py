@@ -66,7 +66,9 @@ class TrainerConfig:
     eval_n: int = 1  # samples per eval prompt (pass@k with k = eval_n)
     eval_temperature: float = 0.0  # 0 = greedy
     eval_max_prompts: int = 0  # 0 = all
-    eval_component: str = ""  # reward component that decides correctness; "" = the first reward function
+    # reward component that decides correctness; "" = the first reward function (none: "env" with an
+    # environment, else the reward model's "model")
+    eval_component: str = ""
     eval_threshold: float = 1.0  # a sample is correct when that component is >= this
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
 

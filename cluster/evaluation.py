@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from actors.types import Group
+from actors.types import EPISODE_CUTS, Group
 
 if TYPE_CHECKING:
     from cluster.run_setup import Run
@@ -26,13 +26,40 @@ def evaluate(run: "Run") -> dict[str, float]:
     groups = list(run.rollout.generate([{**p, "seed": i} for i, p in enumerate(prompts)], cfg.eval_n, sampling))
     passed = sum(any(is_correct(s, run.eval_component, run.eval_threshold) for s in g.samples) for g in groups)
     lengths = [s.response_length for g in groups for s in g.samples]
-    return {
+    out = {
         "eval/accuracy": passed / max(1, len(groups)),
         "eval/correct": float(passed),
         "eval/prompts": float(len(groups)),
         "eval/reward_mean": statistics.fmean(s.reward for g in groups for s in g.samples),
         "eval/response_length_mean": statistics.fmean(lengths) if lengths else 0.0,
     }
+    out.update({k: v for k, v in episode_stats(groups, "eval/env").items() if "seconds" not in k and "share" not in k})
+    return out
+
+
+def episode_stats(groups: list[Group], prefix: str) -> dict[str, float]:
+    """Multi-turn trajectories (rollout.env): turns, tool use, the environment's errors, cuts and time.
+    `time_share`: per trajectory, the time its environment steps took over its group's generation
+    time, averaged (environment steps overlap the engine's work on other trajectories)."""
+    pairs = [(s.episode, g.generate_seconds) for g in groups for s in g.samples if s.episode is not None]
+    if not pairs:
+        return {}
+    eps = [e for e, _ in pairs]
+    n = len(eps)
+    out = {
+        f"{prefix}/turns_mean": statistics.fmean(e.turns for e in eps),
+        f"{prefix}/tool_call_rate": sum(e.tool_calls > 0 for e in eps) / n,
+        f"{prefix}/tool_calls_mean": statistics.fmean(e.tool_calls for e in eps),
+        f"{prefix}/tool_errors": float(sum(e.tool_errors for e in eps)),
+        f"{prefix}/errors": float(sum(bool(e.error) for e in eps)),
+        f"{prefix}/cut_fraction": sum(bool(e.cut) for e in eps) / n,
+        f"{prefix}/obs_truncated": float(sum(e.obs_truncated for e in eps)),
+        f"{prefix}/seconds": sum(e.env_seconds for e in eps),
+        f"{prefix}/time_share": statistics.fmean(e.env_seconds / t if t > 0 else 0.0 for e, t in pairs),
+    }
+    for reason in EPISODE_CUTS:
+        out[f"{prefix}/cut_{reason}"] = float(sum(e.cut == reason for e in eps))
+    return out
 
 
 def rollout_stats(groups: list[Group], component: str, threshold: float) -> dict[str, float]:
@@ -58,6 +85,7 @@ def rollout_stats(groups: list[Group], component: str, threshold: float) -> dict
     names = sorted({k for s in samples for k in s.reward_components})
     for name in names:
         out[f"reward/{name}"] = statistics.fmean(s.reward_components.get(name, 0.0) for s in samples)
+    out.update(episode_stats(groups, "env"))
     counts = [g.expert_counts for g in groups if g.expert_counts is not None]
     if counts:  # MoE: the experts the engines routed the step's tokens to (prompt and response)
         import numpy as np

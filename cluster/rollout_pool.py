@@ -80,7 +80,8 @@ class RolloutPool:
         self.scorers = ActorGroup(
             GroupSpec("reward", reward.num_scorers, reward.cpus_per_scorer, placement=reward.placement),
             RewardScorer,
-            args_for=lambda i: ((specs,), {"timeout_s": reward.timeout_s}),
+            args_for=lambda i: ((specs,), {"timeout_s": reward.timeout_s,
+                                           "env_weight": rollout.env.reward_weight if rollout.env.name else None}),
             max_concurrency=4,  # scoring is I/O- or subprocess-bound: overlap several groups per actor
         )
         self._next_scorer = 0

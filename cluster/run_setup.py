@@ -204,7 +204,8 @@ def start_run(cfg: RunConfig) -> Run:
     probe_prompt = tokenizer(train_prompts[0]["prompt"], add_special_tokens=False)["input_ids"]
     probe_tail = tokenizer(" 0123456789 relayrl probe", add_special_tokens=False)["input_ids"]
     sync.probe = ([probe_prompt + probe_tail], [len(probe_prompt)])
-    component = cfg.trainer.eval_component or (cfg.reward.functions[0].name if cfg.reward.functions else "model")
+    component = cfg.trainer.eval_component or (cfg.reward.functions[0].name if cfg.reward.functions
+                                               else "env" if cfg.rollout.env.name else "model")
     return Run(cfg, run_dir, model_path, tokenizer, train_prompts, eval_prompts, stream, learner, rollout, sync,
                ([probe_prompt + probe_tail], [len(probe_prompt)]), component, cfg.trainer.eval_threshold,
                colocation, time.perf_counter() - t0, notes)

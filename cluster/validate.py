@@ -54,14 +54,35 @@ def choices_exist(cfg: RunConfig) -> Optional[str]:
 
 @check
 def reward_functions_exist(cfg: RunConfig) -> Optional[str]:
-    if not cfg.reward.functions and not cfg.reward.model_path:
-        return "reward.functions is empty: name at least one reward function (e.g. {name: exact_match}) or set reward.model_path"
+    if not cfg.reward.functions and not cfg.reward.model_path and not cfg.rollout.env.name:
+        return ("reward.functions is empty: name at least one reward function (e.g. {name: exact_match}), set "
+                "reward.model_path, or rollout.env.name (an environment's rewards)")
     try:  # building a scorer checks names, params, duplicates and timeouts; it starts nothing
         RewardScorer(cfg.reward.functions, timeout_s=cfg.reward.timeout_s)
     except (KeyError, ValueError, TypeError) as e:
         return f"reward.functions: {e.args[0]}"
     if cfg.buffer.overlong.enabled and any(f.name == "overlong" for f in cfg.reward.functions):
         return "overlong shaping is on twice (buffer.overlong.enabled and reward function 'overlong'): keep one"
+    return None
+
+
+@check
+def environment_usable(cfg: RunConfig) -> Optional[str]:
+    e = cfg.rollout.env
+    if not e.name:
+        return None
+    from actors.envs.base import environment_params
+
+    try:  # imports the class and builds its params; starts nothing
+        environment_params(e.name, e.params)
+    except (KeyError, ValueError, TypeError) as err:
+        return f"rollout.env: {err.args[0]}"
+    for key in ("max_turns", "max_total_tokens", "max_obs_tokens", "timeout_s"):
+        if getattr(e, key) <= 0:
+            return f"rollout.env.{key}={getattr(e, key)} must be > 0"
+    if cfg.rollout.record_routed_experts:
+        return ("rollout.env with rollout.record_routed_experts: routing is recorded per engine request, not per "
+                "multi-turn trajectory yet; turn recording (and learner.routing_replay) off")
     return None
 
 

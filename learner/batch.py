@@ -13,6 +13,10 @@ from typing import Any, Optional
 import torch
 
 
+# the ragged per-sequence lists, pickled as one flat tensor each plus their lengths
+_RAGGED = ("input_ids", "sampler_logprobs", "token_masks")
+
+
 @dataclasses.dataclass
 class LearnerBatch:
     """B sequences. For sequence i with prompt length P_i and response length R_i:
@@ -26,6 +30,8 @@ class LearnerBatch:
     policy_versions:     long [B]           version of the weights that sampled each sequence
     loss_mask:           bool [B]           False: sequence contributes nothing to the loss
     routed_experts:      optional per-sequence MoE routing from the sampler (routing replay)
+    token_masks[i]:      optional bool [R_i]: False at response tokens that take no loss (a multi-turn
+                         trajectory's observation tokens); None = every response token trains
     """
 
     input_ids: list[torch.Tensor]
@@ -37,6 +43,7 @@ class LearnerBatch:
     policy_versions: torch.Tensor
     loss_mask: torch.Tensor
     routed_experts: Optional[list[Any]] = None
+    token_masks: Optional[list[torch.Tensor]] = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -46,19 +53,31 @@ class LearnerBatch:
     # sending a batch of hundreds of short sequences.
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for key in ("input_ids", "sampler_logprobs"):
+        for key in _RAGGED:
             seqs = state.pop(key)
+            if seqs is None:
+                state[key] = None
+                continue
             state[key] = (torch.cat(seqs) if seqs else torch.zeros(0), [int(x.numel()) for x in seqs])
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        for key in ("input_ids", "sampler_logprobs"):
+        for key in _RAGGED:
+            if state.get(key) is None:
+                state[key] = None
+                continue
             flat, lengths = state[key]
             state[key] = list(torch.split(flat, lengths)) if lengths else []
         self.__dict__.update(state)
 
     def response_lengths(self) -> list[int]:
         return [int(x.numel()) - p for x, p in zip(self.input_ids, self.prompt_lengths)]
+
+    def loss_token_counts(self) -> list[int]:
+        """Per sequence, the response tokens that take loss (all of them without token masks)."""
+        if self.token_masks is None:
+            return self.response_lengths()
+        return [int(m.sum()) for m in self.token_masks]
 
     def select(self, idx: list[int]) -> "LearnerBatch":
         """The sub-batch of sequences `idx`, in that order."""
@@ -73,6 +92,7 @@ class LearnerBatch:
             policy_versions=self.policy_versions[t],
             loss_mask=self.loss_mask[t],
             routed_experts=None if self.routed_experts is None else [self.routed_experts[i] for i in idx],
+            token_masks=None if self.token_masks is None else [self.token_masks[i] for i in idx],
         )
 
     def shard(self, rank: int, world_size: int, mini_batches: int = 1) -> "LearnerBatch":

@@ -33,6 +33,8 @@ class MicroBatch:
     response_mask:   bool [b, T]  True at real response tokens
     lengths:         real (unpadded) length of each row
     routed:          MoE: each row's recorded rollout routing (learner/moe.py), or None
+    train_mask:      bool [b, T]  True at response tokens that take loss (response_mask without a
+                                  multi-turn trajectory's observation tokens); None = response_mask
     """
 
     index: list[int]
@@ -42,6 +44,11 @@ class MicroBatch:
     response_mask: torch.Tensor
     lengths: list[int]
     routed: Optional[list[Any]] = None
+    train_mask: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.train_mask is None:
+            self.train_mask = self.response_mask
 
     @property
     def real_tokens(self) -> int:
@@ -53,10 +60,11 @@ class MicroBatch:
 
 
 def collate(seqs: Sequence[torch.Tensor], prompt_lengths: Sequence[int], index: Sequence[int],
-            routed: Optional[Sequence[Any]] = None) -> MicroBatch:
+            routed: Optional[Sequence[Any]] = None, token_masks: Optional[Sequence[torch.Tensor]] = None) -> MicroBatch:
     """Right-pad sequences `index` of `seqs` into a MicroBatch. An empty `index` gives a dummy
     one-sequence micro-batch with no response token (for ranks with fewer micro-batches).
-    `routed`: per-sequence recorded MoE routing, indexed like `seqs` (None = none recorded)."""
+    `routed`: per-sequence recorded MoE routing, indexed like `seqs` (None = none recorded).
+    `token_masks`: per-sequence bool [R_i] of the response tokens that take loss (None = all)."""
     index = list(index)
     if not index:
         ids = torch.zeros(1, 2, dtype=torch.long)
@@ -77,8 +85,15 @@ def collate(seqs: Sequence[torch.Tensor], prompt_lengths: Sequence[int], index: 
         positions[row] = (p - 1 + k).clamp(min=0, max=max(L - 2, 0))
         mask[row, :r] = True
     targets = torch.where(mask, ids.gather(1, (positions + 1).clamp(max=L - 1)), torch.zeros_like(positions))
+    train = None
+    if token_masks is not None:
+        train = torch.zeros(b, T, dtype=torch.bool)
+        for row, (i, r) in enumerate(zip(index, rlens)):
+            if int(token_masks[i].numel()) != r:
+                raise ValueError(f"sequence {i}: token mask of {int(token_masks[i].numel())} for {r} response tokens")
+            train[row, :r] = token_masks[i]
     return MicroBatch(index, ids, positions, targets, mask, lens,
-                      None if routed is None else [routed[i] for i in index])
+                      None if routed is None else [routed[i] for i in index], train)
 
 
 def response_logprobs(

@@ -163,7 +163,7 @@ def score(eng: Engine, batch: LearnerBatch, idx: Sequence[int], *, reference: bo
     out: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for mb_idx in plan:
-            mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx, batch.routed_experts)
+            mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx, batch.routed_experts, batch.token_masks)
             lp, _, _ = eng.forward(mb, grad=False, reference=reference, temperature=temperature,
                                    measure_routing=measure_routing)
             out.update(zip(mb.index, unpad(lp, mb)))
@@ -178,7 +178,7 @@ def train_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> d
     M = algo.mini_batches
     if len(batch) % M:
         raise ValueError(f"shard of {len(batch)} sequences does not split into {M} mini-batches")
-    R, per_mb = batch.response_lengths(), len(batch) // M
+    R, per_mb = batch.loss_token_counts(), len(batch) // M
     trained = [i for i in range(len(batch)) if bool(batch.loss_mask[i]) and R[i] > 0]
     mini = [[i for i in trained if m * per_mb <= i < (m + 1) * per_mb] for m in range(M)]
     m_ = Metrics()
@@ -215,14 +215,14 @@ def uses_reference(algo: AlgorithmConfig) -> bool:
 def update(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig, idx: list[int],
            old: Optional[dict[int, torch.Tensor]], ref: Optional[dict[int, torch.Tensor]], m_: Metrics) -> dict[str, float]:
     """One optimizer step on mini-batch `idx` (this rank's part): micro-batched forward/backward."""
-    R = batch.response_lengths()
+    R = batch.loss_token_counts()
     counts = eng.all_reduce(torch.tensor([sum(R[i] for i in idx), len(idx)], dtype=torch.float64), "sum")
     plan, waste = plan_micro_batches(eng, batch, idx)
     m_.mean("learner/padding_waste", waste, 1.0)
     m_.add("learner/micro_batches", len(plan) / eng.world_size)  # summed over ranks: per rank
     t0, tokens = time.perf_counter(), 0
     for mb_idx in plan:
-        mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx, batch.routed_experts)
+        mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx, batch.routed_experts, batch.token_masks)
         loss = micro_batch_loss(eng, batch, algo, mb, old, ref, float(counts[0]), float(counts[1]), len(plan), m_)
         # x K: DeepSpeed averages gradients over the K ranks, but the K ranks' shares must add up.
         eng.backward(poison_nonfinite(loss) * eng.world_size)
@@ -250,7 +250,7 @@ def micro_batch_loss(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig, mb
     # the first forward is the sampling policy's when the batch is not reused (old is None)
     lp, ent, aux = eng.forward(mb, grad=True, entropy_grad=algo.entropy_coef != 0, measure_routing=old is None)
     dev = lp.device
-    mask = mb.response_mask.to(dev)
+    mask = mb.train_mask.to(dev)  # multi-turn: observation tokens take no loss
     if old is None:
         _sampler_diff(m_, batch, dict(zip(mb.index, unpad(lp, mb))))
     ref_t = pad_values(ref, mb).to(dev) if ref is not None else None
@@ -286,6 +286,8 @@ def _sampler_diff(m_: Metrics, batch: LearnerBatch, learner_lp: dict[int, torch.
     sampling from the weights being trained (stale sync, precision, a bug) — the silent off-policy error."""
     for i, lp in learner_lp.items():
         d = (lp.float() - batch.sampler_logprobs[i].float()).abs()
+        if batch.token_masks is not None:  # the sampler has logprobs at the model's tokens only
+            d = d[batch.token_masks[i]]
         if d.numel():
             m_.mean("learner/old_sampler_logprob_diff_mean", d.mean().item(), d.numel())
             m_.max("learner/old_sampler_logprob_diff_max", d.max().item())
@@ -300,15 +302,15 @@ def sft_on_batch(eng: Engine, batch: LearnerBatch, lr: Optional[float] = None) -
     the global token count, so any number of ranks gives the same update. Does not advance the RL
     LR schedule; `lr` overrides the learning rate for this step only."""
     t0 = time.perf_counter()
-    R = batch.response_lengths()
+    R = batch.loss_token_counts()
     idx = [i for i in range(len(batch)) if bool(batch.loss_mask[i]) and R[i] > 0]
     g_tokens = eng.all_reduce(torch.tensor([sum(R[i] for i in idx)], dtype=torch.float64), "sum")[0].item()
     plan, waste = plan_micro_batches(eng, batch, idx)
     m_ = Metrics()
     for mb_idx in plan:
-        mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx, batch.routed_experts)
+        mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx, batch.routed_experts, batch.token_masks)
         lp, _, _ = eng.forward(mb, grad=True, temperature=1.0)
-        mask = mb.response_mask.to(lp.device)
+        mask = mb.train_mask.to(lp.device)
         loss = torch.where(mask, -lp, torch.zeros_like(lp)).sum() / max(g_tokens, 1.0)
         eng.backward(poison_nonfinite(loss) * eng.world_size)
         m_.add("sft/loss", loss.item())

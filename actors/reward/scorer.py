@@ -12,6 +12,10 @@ If any function raises or runs past `timeout_s`, the sample's reward is 0 and re
 why ("timeout:math_verify", "error:math_verify:ValueError: ..."); the components of the
 functions that did succeed are kept for logging; the reason is counted in metrics().
 
+Multi-turn trajectories (rollout.env; `env_weight` set): the environment's rewards, summed over the
+turns, are component "env" with weight `env_weight`; a trajectory whose environment failed
+(Episode.error) scores 0 with reward_error "env:<reason>", counted like a function's failure.
+
 Timeouts: each call runs in a daemon thread of its own, and the scorer stops waiting at the
 deadline. Python cannot kill a thread, so a call that never returns is abandoned (counted as
 "reward/stuck_threads"); a C extension that holds the GIL cannot be interrupted this way at all.
@@ -43,10 +47,12 @@ def group_seconds_bound(samples: int, functions: int, timeout_s: float, threads:
 
 
 class RewardScorer:
-    def __init__(self, specs: Iterable[Any], timeout_s: float = 10.0, max_workers: int = THREADS):
+    def __init__(self, specs: Iterable[Any], timeout_s: float = 10.0, max_workers: int = THREADS,
+                 env_weight: Optional[float] = None):
         if timeout_s <= 0 or max_workers < 1:
             raise ValueError(f"need timeout_s > 0 and max_workers >= 1, got {timeout_s}, {max_workers}")
         self.timeout_s, self.max_workers = float(timeout_s), int(max_workers)
+        self.env_weight = None if env_weight is None else float(env_weight)
         self.specs = [RewardSpec.coerce(s) for s in specs]
         self._functions = []  # (component name, fn, params, weight)
         for i, spec in enumerate(self.specs):
@@ -77,6 +83,13 @@ class RewardScorer:
         errors: collections.Counter[str] = collections.Counter()
         for i, sample in enumerate(samples):
             total, components, error = 0.0, {}, None
+            episode = sample.episode
+            if self.env_weight is not None and episode is not None:
+                if episode.error:
+                    error = f"env:{episode.error}"
+                    errors[error.split(": ", 1)[0]] += 1
+                components["env"] = episode.env_reward
+                total += self.env_weight * episode.env_reward
             for j, (name, _, _, weight) in enumerate(self._functions):
                 value, reason = results[i, j]
                 if reason is not None:
