@@ -104,12 +104,15 @@ class MetricsLogger:
         with out.open("w", encoding="utf-8") as f:
             for g in groups[:max_groups]:
                 for s in g.samples:
-                    f.write(json.dumps({
+                    row = {
                         "prompt_id": s.prompt_id, "prompt": s.prompt, "completion": s.response,
                         "reward": s.reward, "components": s.reward_components, "error": s.reward_error,
                         "finish_reason": s.finish_reason, "policy_version": s.policy_version,
                         "response_tokens": s.response_length, "version_spans": version_spans(s.token_versions),
-                    }) + "\n")
+                    }
+                    if s.episode is not None:  # multi-turn: turns, tool use, where the model's turns end
+                        row["episode"] = dataclasses.asdict(s.episode)
+                    f.write(json.dumps(row) + "\n")
 
     def close(self) -> None:
         if self._progress is not None:

@@ -1,6 +1,8 @@
 """`relayrl plot RUN_DIR`: reward and held-out accuracy over steps, as a PNG in the run directory
 (curves.png); for an MoE run also expert_load.png: each MoE layer's load entropy on the rollout and
-the learner side, and the routing agreement, over steps."""
+the learner side, and the routing agreement, over steps; for a multi-turn run (rollout.env) also
+tool_use.png: the tool-call rate and turns per trajectory (train and held-out), the tool errors and
+environment failures, and the environment's share of a trajectory's time."""
 
 from __future__ import annotations
 
@@ -38,6 +40,40 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     plt.close(fig)
     if any("moe/rollout/load_entropy" in r for r in train):
         plot_moe(train, path.with_name("expert_load.png"))
+    if any("env/tool_call_rate" in r for r in train):
+        plot_tools(train, evals, path.with_name("tool_use.png"))
+    return path
+
+
+def plot_tools(train: list[dict], evals: list[dict], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in train if "env/tool_call_rate" in r]
+    ev = [r for r in evals if "eval/env/tool_call_rate" in r]
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=110)
+    ax = axes[0]
+    ax.plot(steps, [r["env/tool_call_rate"] for r in rows], label="tool-call rate (train, sampled)")
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["eval/env/tool_call_rate"] for r in ev], "o-", label="tool-call rate (held-out)")
+    ax.plot(steps, [r["env/turns_mean"] / max(1.0, max(x["env/turns_mean"] for x in rows)) for r in rows], ":",
+            label="turns per trajectory (/ max)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("tool use")
+    axes[1].plot(steps, [r["env/tool_errors"] for r in rows], label="tool errors (calls the tool refused)")
+    axes[1].plot(steps, [r["env/errors"] for r in rows], label="environment failures (raised / timed out)")
+    axes[1].plot(steps, [r["env/cut_fraction"] * r["rollout/samples"] for r in rows], label="trajectories cut by a limit")
+    axes[1].set_title("errors and cuts per step")
+    axes[2].plot(steps, [100 * r["env/time_share"] for r in rows], label="environment's share of a trajectory's time")
+    axes[2].set_ylabel("%")
+    axes[2].set_title("time in the environment")
+    for a in axes:
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
     return path
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from actors.tasks.arithmetic import write_jsonl
 
-TRAIN_SIZE, TEST_SIZE, SEED, TOOL_FRACTION = 4000, 200, 0, 0.5
+TRAIN_SIZE, TEST_SIZE, SEED, TOOL_FRACTION = 4000, 200, 0, 0.25
 MIN_DIGITS, MAX_DIGITS = 2, 3
 
 

@@ -1,4 +1,4 @@
-"""A user-module environment for the multi-turn tests, loaded by path (`.../scripted_env.py:Scripted`).
+"""A user-module environment for the multi-turn tests, loaded by name (`tests.integration.scripted_env:Scripted`).
 
 It ignores what the model writes: every turn gets the observation `obs` with the turn's index,
 and the trajectory is done after `turns` turns (never, with turns=0). `mode` makes a given turn

@@ -1,7 +1,7 @@
 """Multi-turn rollouts on the real vLLM engine (actors/multi_turn.py): token-exact trajectories, the
 learner's view of them, containment of failing environments, and the limits.
 
-The environment is a scripted user class loaded by file path (tests/integration/scripted_env.py),
+The environment is a scripted user class loaded by module path (tests/integration/scripted_env.py),
 so these tests do not depend on what a random model writes. One engine serves the module; each test
 installs the environment configuration it needs.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ from tests.integration import scripted_env
 
 pytestmark = pytest.mark.integration
 
-ENV = f"{Path(scripted_env.__file__)}:Scripted"
+ENV = "tests.integration.scripted_env:Scripted"  # a user module, loaded by name
 TOL = 1e-4  # fp32 sampler vs fp32 learner path: ~1e-6 measured; wrong tokens or context give ~0.1-1
 
 
