@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from actors.types import Group
-from learner.algorithms import compute_advantages, decoupled_advantages
+from learner.algorithms import compute_advantages, decoupled_advantages, turn_advantages
 from learner.batch import LearnerBatch
 from learner.config import AlgorithmConfig
 
@@ -48,6 +48,11 @@ def groups_to_batch(groups: list[Group], algo: AlgorithmConfig, weights: dict[st
                                           group_index, batch_norm=algo.reward_batch_norm, **algo.advantage.params)
     else:
         advantages = compute_advantages(algo.advantage.name, rewards, group_index, **algo.advantage.params)
+    token_advantages = None
+    if algo.turn_credit:
+        if not weights or "env" not in weights:
+            raise ValueError("algorithm.turn_credit needs the environment's reward weight (reward_weights)")
+        token_advantages = _turn_credit(samples, rewards, group_index, algo, weights["env"])
     routed = [s.routed_experts for s in samples]
     masked = any(s.response_mask for s in samples)  # multi-turn: observation tokens take no loss
     return LearnerBatch(
@@ -61,7 +66,29 @@ def groups_to_batch(groups: list[Group], algo: AlgorithmConfig, weights: dict[st
         loss_mask=torch.ones(len(samples), dtype=torch.bool),
         routed_experts=routed if any(r is not None for r in routed) else None,
         token_masks=[_token_mask(s) for s in samples] if masked else None,
+        token_advantages=token_advantages,
     )
+
+
+def _turn_credit(samples: list, rewards: torch.Tensor, group_index: torch.Tensor, algo: AlgorithmConfig,
+                 env_weight: float) -> list[torch.Tensor]:
+    """Per response token, its model turn's advantage (turn_advantages); observation tokens (masked
+    out of the loss) take the next turn's value."""
+    turns = max(len(s.episode.turn_ends) if s.episode else 1 for s in samples)
+    earlier = torch.zeros(len(samples), turns)
+    for i, s in enumerate(samples):
+        if s.episode is not None and not s.reward_error:  # a failed trajectory's reward is 0: nothing earlier
+            paid = torch.tensor([0.0] + list(s.episode.turn_rewards), dtype=torch.float32).cumsum(0)
+            k = min(turns, len(s.episode.turn_ends))
+            earlier[i, :k] = env_weight * paid[:k]
+    per_turn = turn_advantages(algo.advantage.name, rewards, group_index, earlier, **algo.advantage.params)
+    out = []
+    for i, s in enumerate(samples):
+        ends = s.episode.turn_ends if s.episode is not None and s.episode.turn_ends else [len(s.response_ids)]
+        # token p is in the turn k with ends[k-1] <= p < ends[k] (an observation: the next turn's, masked)
+        turn_of = torch.bucketize(torch.arange(len(s.response_ids)), torch.tensor(ends), right=True)
+        out.append(per_turn[i, turn_of.clamp(max=len(ends) - 1)].clone())
+    return out
 
 
 def _token_mask(sample: Any) -> torch.Tensor:

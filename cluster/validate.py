@@ -69,6 +69,15 @@ def reward_functions_exist(cfg: RunConfig) -> Optional[str]:
 @check
 def environment_usable(cfg: RunConfig) -> Optional[str]:
     e = cfg.rollout.env
+    a = cfg.algorithm
+    if a.turn_credit:
+        from learner.algorithms import TURN_CREDIT_ESTIMATORS
+
+        if not e.name:
+            return "algorithm.turn_credit needs multi-turn rollouts: set rollout.env.name"
+        if a.advantage.name not in TURN_CREDIT_ESTIMATORS or a.reward_combine != "sum":
+            return (f"algorithm.turn_credit works with algorithm.advantage.name in {', '.join(TURN_CREDIT_ESTIMATORS)} "
+                    f"and reward_combine=sum (got {a.advantage.name}, {a.reward_combine})")
     if not e.name:
         return None
     from actors.envs.base import environment_params

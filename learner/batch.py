@@ -14,7 +14,7 @@ import torch
 
 
 # the ragged per-sequence lists, pickled as one flat tensor each plus their lengths
-_RAGGED = ("input_ids", "sampler_logprobs", "token_masks")
+_RAGGED = ("input_ids", "sampler_logprobs", "token_masks", "token_advantages")
 
 
 @dataclasses.dataclass
@@ -32,6 +32,8 @@ class LearnerBatch:
     routed_experts:      optional per-sequence MoE routing from the sampler (routing replay)
     token_masks[i]:      optional bool [R_i]: False at response tokens that take no loss (a multi-turn
                          trajectory's observation tokens); None = every response token trains
+    token_advantages[i]: optional float [R_i]: per-token advantages (multi-turn turn credit), used
+                         instead of `advantages` when given
     """
 
     input_ids: list[torch.Tensor]
@@ -44,6 +46,7 @@ class LearnerBatch:
     loss_mask: torch.Tensor
     routed_experts: Optional[list[Any]] = None
     token_masks: Optional[list[torch.Tensor]] = None
+    token_advantages: Optional[list[torch.Tensor]] = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -93,6 +96,7 @@ class LearnerBatch:
             loss_mask=self.loss_mask[t],
             routed_experts=None if self.routed_experts is None else [self.routed_experts[i] for i in idx],
             token_masks=None if self.token_masks is None else [self.token_masks[i] for i in idx],
+            token_advantages=None if self.token_advantages is None else [self.token_advantages[i] for i in idx],
         )
 
     def shard(self, rank: int, world_size: int, mini_batches: int = 1) -> "LearnerBatch":

@@ -72,6 +72,10 @@ class AlgorithmConfig:
     # same weights, then (reward_batch_norm) whitened over the batch
     reward_combine: str = one_of("sum", "per_component", default="sum")
     reward_batch_norm: bool = True
+    # multi-turn (rollout.env): each model turn's tokens get the advantage of the reward earned from that
+    # turn on (the environment's per-turn rewards), against the trajectory's group baseline
+    # (learner/algorithms/advantages.py turn_advantages); false = one advantage per trajectory
+    turn_credit: bool = False
     epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per epoch; >1 makes later updates off-policy (ratio != 1)
 

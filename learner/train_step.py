@@ -254,7 +254,10 @@ def micro_batch_loss(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig, mb
     if old is None:
         _sampler_diff(m_, batch, dict(zip(mb.index, unpad(lp, mb))))
     ref_t = pad_values(ref, mb).to(dev) if ref is not None else None
-    adv = batch.advantages[mb.index].to(dev) if mb.index else torch.zeros(1, device=dev)
+    if batch.token_advantages is not None:  # multi-turn turn credit: per-token advantages
+        adv = pad_values(batch.token_advantages, mb).to(dev)
+    else:
+        adv = batch.advantages[mb.index].to(dev) if mb.index else torch.zeros(1, device=dev)
     loss, parts, metrics = policy_loss(
         algo, lp, lp.detach() if old is None else pad_values(old, mb).to(dev),
         pad_values(batch.sampler_logprobs, mb).to(dev), adv, mask,

@@ -5,8 +5,8 @@ Imports only torch and the standard library, so config validation and rollout wo
 the registries without pulling in the training stack. See docs/algorithms.md.
 """
 
-from .advantages import (ADVANTAGE_ESTIMATORS, NEEDS_CRITIC, compute_advantages, decoupled_advantages,
-                         expand_to_tokens, gae)
+from .advantages import (ADVANTAGE_ESTIMATORS, NEEDS_CRITIC, TURN_CREDIT_ESTIMATORS, compute_advantages,
+                         decoupled_advantages, expand_to_tokens, gae, turn_advantages)
 from .aggregation import AGGREGATIONS, aggregate_loss, local_counts
 from .group_filters import dynamic_sampling_keep, gfpo_mask, gfpo_select, overlong_penalty
 from .kl import KL_ESTIMATORS, kl_penalty

@@ -115,6 +115,48 @@ def decoupled_advantages(
     return valid_or((combined - mean) / (std + eps), keep)
 
 
+# Estimators whose advantage is (r_i - baseline) * scale with a baseline and scale that turn_advantages
+# reproduces; the others (batch whitening, GAE) have no per-turn form here.
+TURN_CREDIT_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+
+
+def turn_advantages(
+    estimator: str,
+    rewards: torch.Tensor,
+    group_index: torch.Tensor,
+    earlier: torch.Tensor,
+    *,
+    keep_mask: torch.Tensor | None = None,
+    **params,
+) -> torch.Tensor:
+    """Per-turn advantages [B, K] of multi-turn trajectories (turn-level credit).
+
+    rewards [B]: each trajectory's whole reward R_i (as compute_advantages gets it). earlier [B, K]:
+    the part of R_i earned before turn k (the environment's rewards of turns 0..k-1, weighted; 0 for
+    k = 0). Turn k is credited with what was earned from it on, G_ik = R_i - earlier[i, k], against the
+    same group baseline and scale as the trajectory: A_ik = A_i - scale_i * earlier[i, k], i.e.
+    grpo (G_ik - mean_g) / (std_g + eps); dr_grpo G_ik - mean_g; rloo n/(n-1) (G_ik - mean_g).
+    With rewards only at the end (earlier = 0) every turn gets A_i. Columns past a trajectory's last
+    turn are ignored by the caller.
+    """
+    entry = ADVANTAGE_ESTIMATORS.get(estimator)
+    if entry.name not in TURN_CREDIT_ESTIMATORS:
+        raise ValueError(f"turn credit works with {', '.join(TURN_CREDIT_ESTIMATORS)}, not '{entry.name}'")
+    p = ADVANTAGE_ESTIMATORS.make_params(entry.name, params)
+    rewards = torch.as_tensor(rewards, dtype=torch.float32)
+    earlier = torch.as_tensor(earlier, dtype=torch.float32)
+    group_index = torch.as_tensor(group_index)
+    if earlier.dim() != 2 or earlier.shape[0] != rewards.shape[0]:
+        raise ValueError(f"earlier must be [B, K] with B = {rewards.shape[0]}; got {tuple(earlier.shape)}")
+    keep = torch.ones_like(rewards, dtype=torch.bool) if keep_mask is None else as_bool_mask(keep_mask)
+    count, _, std = _group_stats(rewards, group_index, keep)
+    scale = {"grpo": lambda: 1.0 / (std + p.eps), "dr_grpo": lambda: torch.ones_like(std),
+             "rloo": lambda: torch.where(count > 1, count / (count - 1).clamp(min=1), torch.ones_like(count))}
+    adv = compute_advantages(entry.name, rewards, group_index, keep_mask=keep, **params)
+    out = adv[:, None] - scale[entry.name]()[:, None] * earlier
+    return torch.where(keep[:, None], out, torch.zeros_like(out))
+
+
 def _group_stats(rewards: torch.Tensor, group_index: torch.Tensor, keep: torch.Tensor):
     """Per-sample (count, mean, unbiased std) of its group's kept rewards.
 

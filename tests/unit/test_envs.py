@@ -132,3 +132,40 @@ def test_episode_stats():
     assert stats["env/cut_max_turns"] == 1.0 and stats["env/cut_max_total_tokens"] == 0.0
     assert stats["env/time_share"] == pytest.approx(0.25) and stats["env/turns_mean"] == 2.0
     assert episode_stats([Group("c", [Sample("c", "p", [1], "r", [2], [-1.0], "stop", 0)])], "env") == {}
+
+
+def test_turn_advantages_by_hand():
+    from learner.algorithms import turn_advantages
+
+    # one group of two trajectories: rewards 1 and 0; trajectory 0 earned 0.5 of its 1 in turn 0
+    rewards, group = torch.tensor([1.0, 0.0]), torch.tensor([0, 0])
+    earlier = torch.tensor([[0.0, 0.5], [0.0, 0.0]])
+    std = 2 ** -0.5  # unbiased std of {1, 0}
+    grpo = turn_advantages("grpo", rewards, group, earlier, eps=0.0)
+    assert torch.allclose(grpo, torch.tensor([[0.5 / std, 0.0 / std], [-0.5 / std, -0.5 / std]]))
+    # (turn 1 of trajectory 0 is credited with G = 0.5, the group mean: advantage 0)
+    assert torch.allclose(turn_advantages("dr_grpo", rewards, group, earlier), torch.tensor([[0.5, 0.0], [-0.5, -0.5]]))
+    assert torch.allclose(turn_advantages("rloo", rewards, group, earlier), torch.tensor([[1.0, 0.0], [-1.0, -1.0]]))
+    # no earlier rewards: every turn gets the trajectory's advantage
+    from learner.algorithms import compute_advantages
+
+    flat = turn_advantages("grpo", rewards, group, torch.zeros(2, 3))
+    assert torch.equal(flat, compute_advantages("grpo", rewards, group)[:, None].expand(2, 3))
+    with pytest.raises(ValueError, match="turn credit works with grpo, dr_grpo, rloo"):
+        turn_advantages("reinforce_pp", rewards, group, earlier)
+
+
+def test_turn_credit_reaches_each_turns_tokens():
+    a = multi_turn_sample("a", 0.5)  # model turn [7, 8] (turn 0), observation [9], model turn [10] (turn 1)
+    a.episode.turn_rewards = [0.5, 0.5]
+    a.reward = 1.0
+    b = multi_turn_sample("a", 0.0)
+    b.reward = 0.0
+    algo = AlgorithmConfig(turn_credit=True)
+    algo.advantage.name = "dr_grpo"
+    batch = groups_to_batch([Group("a", [a, b])], algo, {"env": 1.0})
+    # dr_grpo: mean 0.5; a: turn 0 G=1 -> 0.5, turn 1 G=0.5 -> 0; b: -0.5 throughout
+    assert batch.token_advantages[0].tolist() == [0.5, 0.5, 0.0, 0.0]  # the observation (masked) takes turn 1's
+    assert batch.token_advantages[1].tolist() == [-0.5] * 4
+    back = pickle.loads(pickle.dumps(batch)).select([1, 0])
+    assert back.token_advantages[1].tolist() == [0.5, 0.5, 0.0, 0.0]
