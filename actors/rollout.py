@@ -17,6 +17,9 @@ Streaming. `generate_stream` drives the engine step by step (the same loop `LLM.
 yields a prompt's Group as soon as its n completions are finished, so scoring starts while other
 prompts are still generating. In a Ray actor, call it with `.options(num_returns="streaming")`.
 
+Multi-turn (`rollout.env`): generate_stream runs actors/multi_turn.py's loop instead — one engine
+request per model turn, an environment's observation between turns — and yields the same Groups.
+
 Versions and partial rollouts. The engine labels every sampled token with the weight version it
 was sampled by (vLLM's weight-version spans); `Sample.token_versions` keeps that label per response
 token and `Sample.policy_version` is the oldest of them. Every engine use holds `_engine_lock` one
