@@ -34,6 +34,9 @@ class ModelConfig:
 class DataConfig:
     train_files: list[str] = field(default_factory=list)  # jsonl or parquet
     eval_files: list[str] = field(default_factory=list)
+    # trainer.mode=offline with algorithm.dpo: jsonl rows {prompt, chosen, rejected} (the prompt through
+    # prompt_template; train_files still give the warm start and the weight-sync probe's prompt)
+    preference_files: list[str] = field(default_factory=list)
     prompt_key: str = "prompt"  # the field that holds the prompt text; every other field goes to sample.meta
     prompt_template: str = "{prompt}"  # str.format over the row's fields, e.g. "{question}\nAnswer:"
     chat_template: bool = False  # wrap the prompt with the tokenizer's chat template
@@ -58,7 +61,9 @@ class WarmStartConfig:
 
 @dataclasses.dataclass
 class TrainerConfig:
-    mode: str = one_of("sync", "async", default="sync")  # async needs algorithm.off_policy != none
+    # async needs algorithm.off_policy != none; offline = algorithm.dpo on data.preference_files (no rollouts
+    # trained on: the engines only evaluate)
+    mode: str = one_of("sync", "async", "offline", default="sync")
     total_steps: int = 10
     prompts_per_step: int = 8  # B groups per step (each rollout.n samples)
     seed: int = 0

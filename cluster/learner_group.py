@@ -68,6 +68,19 @@ class LearnerGroup:
         _check_agree(results, ("learner/loss", "learner/grad_norm"), "train_step")
         return results[0]
 
+    def preference_step(self, batch: LearnerBatch) -> dict[str, float]:
+        """One DPO/IPO step on a batch of pairs (sequences 2p, 2p + 1); pairs are dealt round-robin
+        to the ranks and stay whole (the loss uses the global pair count)."""
+        K, pairs = len(self), len(batch) // 2
+        shards = [batch.select([q for p in range(r, pairs, K) for q in (2 * p, 2 * p + 1)]) for r in range(K)]
+        results = self._call_each("preference_step", [((shards[r],), {}) for r in range(K)])
+        _check_agree(results, ("dpo/loss", "dpo/grad_norm"), "preference_step")
+        return results[0]
+
+    def reset_reference(self) -> None:
+        """The reference model becomes a copy of the policy as it is now (every rank)."""
+        self._call("reset_reference")
+
     def sft_step(self, batch: LearnerBatch, lr: Optional[float] = None) -> dict[str, float]:
         """One supervised step. Sequences are dealt round-robin: uneven shards are fine (the loss
         uses the global token count)."""

@@ -30,6 +30,7 @@ from cluster.learner_recovery import LearnerRecovery
 from cluster.metrics import MetricsLogger
 from cluster.nonfinite import count_nonfinite
 from cluster.plot import plot_run
+from cluster.preference import offline_dpo, online_dpo_step
 from cluster.rollout_feed import RolloutFeed
 from cluster.scaling import RolloutScaler
 from cluster.run_setup import Run, start_run
@@ -61,10 +62,14 @@ def train(cfg: RunConfig) -> Path:
         else:
             seed_everything(cfg.trainer.seed)
             warm_start(run, logger)
+            if cfg.algorithm.dpo.enabled:  # DPO measures preferences against the warm-started policy
+                run.learner.reset_reference()
             run.sync.push(state.version)
             log_eval(run, logger, state.step, "before RL")
-            if cfg.checkpoint.every and cfg.learner.max_restarts:
+            if cfg.checkpoint.every and cfg.learner.max_restarts and cfg.trainer.mode != "offline":
                 save(run, ckpt, state, feed, recovery)  # step 0: what a learner lost in step 1 is rebuilt from
+        if cfg.trainer.mode == "offline":  # DPO on preference pairs from files (cluster/preference.py)
+            offline_dpo(run, state, logger, log_eval)
         while state.step < cfg.trainer.total_steps:
             scaler.between_steps()  # `relayrl scale` requests and autoscaling: rollout workers added or removed
             try:
@@ -93,11 +98,12 @@ def rl_step(run: Run, step: int, state: LoopState, feed: RolloutFeed, buffer: Gr
     recovery.hold(step, (groups, staleness))
     t = mark(timing, "generate", t)
     feed.start_ahead(step, cfg.trainer.total_steps)  # async: the next steps' prompts go out to the current weights
-    batch = groups_to_batch(groups, cfg.algorithm, reward_weights(cfg))
+    dpo = cfg.algorithm.dpo.enabled  # online DPO: pairs from the groups instead of a policy-gradient batch
+    batch = None if dpo else groups_to_batch(groups, cfg.algorithm, reward_weights(cfg))
     t = mark(timing, "batch", t)
     with run.sync.lock:  # a rollout worker replaced meanwhile joins at the version it really gets
         run.rollout.sleep()  # colocated: the engines free the device for the learner; the push wakes them
-        learn = run.learner.train_step(batch)
+        batch, learn = online_dpo_step(run, groups) if dpo else (batch, run.learner.train_step(batch))
         t = mark(timing, "learn", t)
         # an update skipped for a non-finite loss/gradient: counted, batch saved; N steps in a row stop the run
         count_nonfinite(state, step, learn, batch, run.dir, cfg.learner.max_nonfinite_steps, logger.print)

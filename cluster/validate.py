@@ -67,6 +67,33 @@ def reward_functions_exist(cfg: RunConfig) -> Optional[str]:
 
 
 @check
+def preference_setup(cfg: RunConfig) -> Optional[str]:
+    d, mode = cfg.algorithm.dpo, cfg.trainer.mode
+    if mode == "offline" and not (d.enabled and cfg.data.preference_files):
+        return ("trainer.mode=offline trains DPO on preference pairs: set algorithm.dpo.enabled=true and "
+                "data.preference_files (jsonl rows with prompt, chosen, rejected)")
+    if not d.enabled:
+        return None
+    from learner.algorithms import DPOParams, build_dataclass
+
+    try:
+        build_dataclass(DPOParams, d.params, where="algorithm.dpo.params")
+    except (ValueError, TypeError) as e:
+        return e.args[0]
+    missing = [f for f in cfg.data.preference_files if not Path(f).expanduser().exists()]
+    if missing:
+        return f"data.preference_files: no such file(s) {missing}"
+    if mode == "async":
+        return "algorithm.dpo runs with trainer.mode sync (online: pairs from each step's groups) or offline"
+    if cfg.rollout.env.name or cfg.checkpoint.resume:
+        return ("algorithm.dpo is not built for multi-turn trajectories (rollout.env) nor for resuming "
+                "(checkpoint.resume: the reference, the warm-started policy, is not in the checkpoint)")
+    if mode != "offline" and d.pairs == "best_worst" and cfg.rollout.n < 2:
+        return "online DPO pairs samples of one group: set rollout.n >= 2"
+    return None
+
+
+@check
 def environment_usable(cfg: RunConfig) -> Optional[str]:
     e = cfg.rollout.env
     a = cfg.algorithm
@@ -137,6 +164,8 @@ def sampler_logprobs_comparable(cfg: RunConfig) -> Optional[str]:
 
 @check
 def batch_divides_ranks(cfg: RunConfig) -> Optional[str]:
+    if cfg.algorithm.dpo.enabled:  # pairs are dealt to the ranks round-robin; the loss uses the global count
+        return None
     total, k, m = samples_per_step(cfg), cfg.learner.num_ranks, cfg.algorithm.mini_batches
     if total % (k * m):
         stage = f" (ZeRO-{cfg.learner.zero_stage})" if cfg.learner.zero_stage else ""

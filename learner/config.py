@@ -50,6 +50,22 @@ class PlacementConfig:
 
 
 @dataclasses.dataclass
+class DPOConfig:
+    """Preference optimisation instead of a policy-gradient loss (learner/train_step.py preference_on_batch).
+
+    Offline (trainer.mode=offline): pairs (prompt, chosen, rejected) from data.preference_files.
+    Online (sync/async): pairs from each rollout group, `pairs`: best_worst = the highest- against the
+    lowest-reward sample; all = every pair whose reward gap exceeds `tau` (DPO over all of them is the
+    group-pairwise Bradley-Terry loss, group_preference_loss). Groups without such a pair are skipped.
+    """
+
+    enabled: bool = False
+    params: dict[str, Any] = field(default_factory=dict)  # DPOParams: beta, loss_type (sigmoid | ipo), label_smoothing
+    pairs: str = one_of("best_worst", "all", default="best_worst")
+    tau: float = 0.0
+
+
+@dataclasses.dataclass
 class AlgorithmConfig:
     """A policy-gradient loss is three independent choices plus regularisers.
 
@@ -76,6 +92,7 @@ class AlgorithmConfig:
     # turn on (the environment's per-turn rewards), against the trajectory's group baseline
     # (learner/algorithms/advantages.py turn_advantages); false = one advantage per trajectory
     turn_credit: bool = False
+    dpo: DPOConfig = field(default_factory=DPOConfig)  # preference loss (DPO / IPO) instead of policy gradient
     epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per epoch; >1 makes later updates off-policy (ratio != 1)
 

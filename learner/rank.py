@@ -113,7 +113,7 @@ class LearnerRank:
         self.engine, self.optimizer, self.scheduler = build_engine(model, cfg, world_size, total_steps)
         self.device = self.engine.device
         self.ref = None
-        if algo.kl_coef > 0:
+        if steps.uses_reference(algo):  # KL term or DPO
             self.ref = build_reference(load_model(model_path, cfg), cfg, world_size, self.device)
         self._layout: Optional[WeightLayout] = None
         self._sender: Optional[WeightSender] = None
@@ -192,6 +192,28 @@ class LearnerRank:
         """*Collective.* epochs x mini_batches optimizer steps on this rank's shard; global metrics."""
         self.engine.train()
         return steps.train_on_batch(self, batch, self.algo)
+
+    def preference_step(self, batch: LearnerBatch) -> dict[str, float]:
+        """*Collective.* One DPO/IPO step on this rank's pairs (sequences 2p chosen, 2p + 1 rejected)."""
+        self.engine.train()
+        return steps.preference_on_batch(self, batch, self.algo)
+
+    def reset_reference(self) -> None:
+        """*Collective.* The reference model becomes a copy of the policy as it is now (DPO: the
+        warm-started policy is the reference its preferences are measured against)."""
+        if self.ref is None:
+            raise RuntimeError("reset_reference: this learner has no reference model")
+        dst = dict(getattr(self.ref, "module", self.ref).named_parameters())
+        for name, p in self.engine.module.named_parameters():
+            if hasattr(p, "ds_id"):  # ZeRO-3: both gathered in full, rank 0 writes, the reference re-partitions
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([p, dst[name]], modifier_rank=0), torch.no_grad():
+                    if self.rank == 0:
+                        dst[name].copy_(p.to(dst[name].dtype))
+            else:
+                with torch.no_grad():
+                    dst[name].copy_(p.to(dst[name].dtype))
 
     def sft_step(self, batch: LearnerBatch, lr: Optional[float] = None) -> dict[str, float]:
         """*Collective.* One supervised step (token-mean cross-entropy on response tokens)."""

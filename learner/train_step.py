@@ -185,7 +185,7 @@ def train_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> d
 
     reuse = algo.epochs * M > 1  # else the first forward IS the old policy: old = logp.detach()
     old = score(eng, batch, trained, measure_routing=True) if reuse else None
-    ref = score(eng, batch, trained, reference=True) if uses_reference(algo) else None
+    ref = score(eng, batch, trained, reference=True) if algo.kl_coef > 0 else None
     if old is not None:
         _sampler_diff(m_, batch, old)
     updates = [update(eng, batch, algo, mini[m], old, ref, m_) for _ in range(algo.epochs) for m in range(M)]
@@ -209,7 +209,51 @@ def train_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> d
 
 
 def uses_reference(algo: AlgorithmConfig) -> bool:
-    return algo.kl_coef > 0
+    return algo.kl_coef > 0 or algo.dpo.enabled
+
+
+# ---- preference optimisation (DPO / IPO) ------------------------------------------------------
+
+def preference_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> dict[str, float]:
+    """One optimizer step of DPO (or IPO) on this rank's pairs: sequence 2p is pair p's chosen, 2p + 1
+    its rejected. Sequence logprobs are sums over the response tokens at temperature 1, the
+    reference's from the frozen reference model; the loss is the mean over the GLOBAL pairs, so any
+    number of ranks gives the same update. Both sequences of a pair share a micro-batch."""
+    from learner.algorithms import dpo_loss
+
+    t0 = time.perf_counter()
+    if len(batch) % 2:
+        raise ValueError(f"a preference batch holds pairs (chosen, rejected): got {len(batch)} sequences")
+    pairs = len(batch) // 2
+    g_pairs = float(eng.all_reduce(torch.tensor([float(pairs)], dtype=torch.float64), "sum")[0])
+    ref = score(eng, batch, list(range(len(batch))), reference=True, temperature=1.0)
+    lengths = [int(batch.input_ids[2 * p].numel() + batch.input_ids[2 * p + 1].numel()) for p in range(pairs)]
+    local = [[q for p in mb for q in (2 * p, 2 * p + 1)] for mb in pack_by_tokens(lengths, eng.micro_batch_tokens)]
+    count = int(eng.all_reduce(torch.tensor([max(1, len(local))], dtype=torch.float64), "max").item())
+    plan = local + [[] for _ in range(count - len(local))]  # empty: a dummy micro-batch (pairs stay whole)
+    m_ = Metrics()
+    for mb_idx in plan:
+        mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx)
+        lp, _, _ = eng.forward(mb, grad=True, temperature=1.0)
+        seq = torch.where(mb.train_mask.to(lp.device), lp, torch.zeros_like(lp)).sum(-1)
+        if not mb.index:  # keeps every rank's backward calls aligned
+            eng.backward(seq.sum() * 0.0)
+            continue
+        ref_seq = torch.stack([ref[i].sum() for i in mb.index]).to(seq.device)
+        loss, metrics = dpo_loss(seq[0::2], seq[1::2], ref_seq[0::2], ref_seq[1::2], **algo.dpo.params)
+        n = loss.numel()
+        eng.backward(poison_nonfinite(loss.sum() / g_pairs) * eng.world_size)
+        m_.mean("dpo/loss", loss.mean().item(), n)
+        for name, v in metrics.items():
+            m_.mean(f"dpo/{name}", v.item(), n)
+    for key in ("dpo/loss", "dpo/reward_chosen", "dpo/reward_rejected", "dpo/reward_margin", "dpo/reward_accuracy"):
+        m_.mean(key, 0.0, 0.0)  # every rank registers every key, pairs or not
+    grad_norm, lr, applied = eng.optimizer_step()
+    m_.add("dpo/pairs", pairs)
+    m_.max("dpo/seconds", time.perf_counter() - t0)
+    out = m_.reduce(eng)
+    out.update({"dpo/grad_norm": grad_norm, "learner/lr": lr, "learner/nonfinite_skipped": float(not applied)})
+    return out
 
 
 def update(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig, idx: list[int],
