@@ -63,6 +63,9 @@ class DPOConfig:
     params: dict[str, Any] = field(default_factory=dict)  # DPOParams: beta, loss_type (sigmoid | ipo), label_smoothing
     pairs: str = one_of("best_worst", "all", default="best_worst")
     tau: float = 0.0
+    # RPO (TRL's rpo_alpha, the Llama 3 recipe): plus nll_coef x the chosen completions' token-mean NLL.
+    # Plain DPO can lower the chosen completions' likelihood along with the rejected ones'; 0 = off
+    nll_coef: float = 0.0
 
 
 @dataclasses.dataclass

@@ -217,7 +217,8 @@ def uses_reference(algo: AlgorithmConfig) -> bool:
 def preference_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> dict[str, float]:
     """One optimizer step of DPO (or IPO) on this rank's pairs: sequence 2p is pair p's chosen, 2p + 1
     its rejected. Sequence logprobs are sums over the response tokens at temperature 1, the
-    reference's from the frozen reference model; the loss is the mean over the GLOBAL pairs, so any
+    reference's from the frozen reference model; the loss is the mean over the GLOBAL pairs (plus, with
+    algo.dpo.nll_coef, that times the chosen completions' NLL over the GLOBAL chosen tokens), so any
     number of ranks gives the same update. Both sequences of a pair share a micro-batch."""
     from learner.algorithms import dpo_loss
 
@@ -225,7 +226,10 @@ def preference_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig)
     if len(batch) % 2:
         raise ValueError(f"a preference batch holds pairs (chosen, rejected): got {len(batch)} sequences")
     pairs = len(batch) // 2
-    g_pairs = float(eng.all_reduce(torch.tensor([float(pairs)], dtype=torch.float64), "sum")[0])
+    R = batch.response_lengths()
+    g_pairs, g_chosen = (float(x) for x in eng.all_reduce(
+        torch.tensor([float(pairs), float(sum(R[0::2]))], dtype=torch.float64), "sum"))
+    nll_coef = algo.dpo.nll_coef
     ref = score(eng, batch, list(range(len(batch))), reference=True, temperature=1.0)
     lengths = [int(batch.input_ids[2 * p].numel() + batch.input_ids[2 * p + 1].numel()) for p in range(pairs)]
     local = [[q for p in mb for q in (2 * p, 2 * p + 1)] for mb in pack_by_tokens(lengths, eng.micro_batch_tokens)]
@@ -242,11 +246,15 @@ def preference_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig)
         ref_seq = torch.stack([ref[i].sum() for i in mb.index]).to(seq.device)
         loss, metrics = dpo_loss(seq[0::2], seq[1::2], ref_seq[0::2], ref_seq[1::2], **algo.dpo.params)
         n = loss.numel()
-        eng.backward(poison_nonfinite(loss.sum() / g_pairs) * eng.world_size)
+        nll = -seq[0::2].sum()  # the chosen completions' summed token NLL
+        total = loss.sum() / g_pairs + (nll_coef * nll / max(g_chosen, 1.0) if nll_coef else 0.0)
+        eng.backward(poison_nonfinite(total) * eng.world_size)
         m_.mean("dpo/loss", loss.mean().item(), n)
+        m_.mean("dpo/chosen_nll", nll.item() / max(1, sum(R[i] for i in mb.index[0::2])), n)
         for name, v in metrics.items():
             m_.mean(f"dpo/{name}", v.item(), n)
-    for key in ("dpo/loss", "dpo/reward_chosen", "dpo/reward_rejected", "dpo/reward_margin", "dpo/reward_accuracy"):
+    for key in ("dpo/loss", "dpo/reward_chosen", "dpo/reward_rejected", "dpo/reward_margin", "dpo/reward_accuracy",
+                "dpo/chosen_nll"):
         m_.mean(key, 0.0, 0.0)  # every rank registers every key, pairs or not
     grad_norm, lr, applied = eng.optimizer_step()
     m_.add("dpo/pairs", pairs)
