@@ -115,3 +115,63 @@ def test_split_over_ranks_and_micro_batches_is_invariant(agg, params):
     torch.testing.assert_close(summed, whole, rtol=1e-6, atol=1e-7)
     for a, b in zip(single.parameters(), split.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+
+
+class ToyEngine:
+    """The learner-rank surface micro_batch_loss uses, on ToyLM, one rank, no DeepSpeed."""
+
+    world_size, micro_batch_tokens, temperature = 1, 10_000, 1.0
+
+    def __init__(self):
+        self.model = ToyLM()
+
+    def forward(self, mb, *, grad, entropy_grad=False, reference=False, temperature=None, measure_routing=False):
+        with torch.set_grad_enabled(grad):
+            return response_logprobs(self.model, mb, temperature or 1.0, entropy_grad=entropy_grad)
+
+    def all_reduce(self, t, op="sum"):
+        return t
+
+    def aux_loss_coef(self):
+        return 0.0
+
+
+def test_multi_turn_masks_and_per_token_advantages_reach_the_loss():
+    """micro_batch_loss with a multi-turn batch: observation tokens (token mask 0) take no part, and
+    per-token advantages (turn credit) replace the per-sequence ones token by token."""
+    from learner.train_step import Metrics, micro_batch_loss
+
+    # sequence 0: prompt [1, 2]; model [3, 4], observation [5, 6], model [7]; sequence 1: one turn
+    ids = [torch.tensor([1, 2, 3, 4, 5, 6, 7]), torch.tensor([1, 2, 8, 9])]
+    masks = [torch.tensor([True, True, False, False, True]), torch.tensor([True, True])]
+    base = LearnerBatch(ids, [2, 2], [torch.full((5,), -2.0), torch.full((2,), -2.0)], torch.tensor([1.0, -1.0]),
+                        torch.zeros(2), torch.tensor([0, 0]), torch.zeros(2, dtype=torch.long),
+                        torch.ones(2, dtype=torch.bool), token_masks=masks)
+    algo = AlgorithmConfig()
+
+    def loss_and_grad(batch):
+        eng = ToyEngine()
+        mb = collate(batch.input_ids, batch.prompt_lengths, [0, 1], None, batch.token_masks)
+        loss = micro_batch_loss(eng, batch, algo, mb, None, None, float(sum(batch.loss_token_counts())), 2.0, 1, Metrics())
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in eng.model.parameters()])
+
+    def with_token_advantages(values):
+        b = base.select([0, 1])
+        b.token_advantages = [torch.tensor(v) for v in values]
+        return b
+
+    ref_loss, ref_grad = loss_and_grad(base)
+    # the per-sequence advantages spelled out per token: the same loss and gradient
+    same = loss_and_grad(with_token_advantages([[1.0] * 5, [-1.0] * 2]))
+    assert torch.equal(same[0], ref_loss) and torch.equal(same[1], ref_grad)
+    # values at observation tokens are never used
+    obs = loss_and_grad(with_token_advantages([[1.0, 1.0, 9.0, -9.0, 1.0], [-1.0] * 2]))
+    assert torch.equal(obs[0], ref_loss) and torch.equal(obs[1], ref_grad)
+    # a different advantage for the second model turn changes the loss
+    turn = loss_and_grad(with_token_advantages([[1.0, 1.0, 0.0, 0.0, 0.0], [-1.0] * 2]))
+    assert not torch.allclose(turn[0], ref_loss)
+    # and a batch without the masks trains on the observation tokens: another loss
+    unmasked = base.select([0, 1])
+    unmasked.token_masks = None
+    assert not torch.allclose(loss_and_grad(unmasked)[0], ref_loss)
