@@ -90,9 +90,10 @@ class MultiTurnRunner:
         w = self.worker
         engine = w.llm.llm_engine
         t0 = time.perf_counter()
-        trajs = {p["prompt_id"]: [self._start(p, k) for k in range(n)] for p in prompts}
+        trajs = {p["prompt_id"]: [self._start(p, ids, k) for k in range(n)]
+                 for p, ids in ((p, self._prompt_ids(p)) for p in prompts)}
         by_request: dict[str, _Trajectory] = {}
-        calls: dict[_EnvCall, tuple[_Trajectory, list[int]]] = {}
+        calls: dict[_EnvCall, _Trajectory] = {}
         done_prompts: set[str] = set()
         try:
             for group in trajs.values():
@@ -108,7 +109,7 @@ class MultiTurnRunner:
                     if out.finished:
                         tr = by_request.pop(out.request_id)
                         turn = self._record_turn(tr, out.outputs[0], version_override)
-                        calls[_EnvCall(tr.env, turn, self.cfg.timeout_s)] = (tr, turn.token_ids)
+                        calls[_EnvCall(tr.env, turn, self.cfg.timeout_s)] = tr
                 self._collect(calls, sampling, by_request)
                 for pid, group in trajs.items():
                     if pid not in done_prompts and all(tr.finished for tr in group):
@@ -125,15 +126,14 @@ class MultiTurnRunner:
                     engine.abort_request(list(by_request))
 
     # ---- one trajectory ---------------------------------------------------------------------------
-    def _start(self, prompt: dict[str, Any], k: int) -> _Trajectory:
-        w = self.worker
+    def _prompt_ids(self, prompt: dict[str, Any]) -> list[int]:
+        """The prompt's ids, once per prompt (generate_stream has checked it has ids or text)."""
         if prompt.get("prompt_ids") is not None:
-            ids = [int(t) for t in prompt["prompt_ids"]]
-        elif prompt.get("prompt") is not None:
-            ids = list(w.tokenizer(prompt["prompt"])["input_ids"])  # as the engine tokenises a text prompt
-        else:
-            raise KeyError(f"prompt {prompt.get('prompt_id')!r} needs 'prompt' (text) or 'prompt_ids'")
-        tr = _Trajectory(prompt=prompt, k=k, prompt_ids=ids)
+            return [int(t) for t in prompt["prompt_ids"]]
+        return list(self.worker.tokenizer(prompt["prompt"])["input_ids"])  # as the engine tokenises a text prompt
+
+    def _start(self, prompt: dict[str, Any], ids: list[int], k: int) -> _Trajectory:
+        tr = _Trajectory(prompt=prompt, k=k, prompt_ids=list(ids))
         try:
             tr.env = self.env_cls(dict(prompt.get("meta") or {}), self.env_params)
         except Exception as e:  # noqa: BLE001 - a row the environment cannot start from ends its trajectory
@@ -182,7 +182,7 @@ class MultiTurnRunner:
         """Apply finished environment steps (observation, next turn or end); end the expired ones."""
         now = time.monotonic()
         for call in [c for c in calls if c.done.is_set() or now >= c.deadline]:
-            tr, _ = calls.pop(call)
+            tr = calls.pop(call)
             if not call.done.is_set():
                 self.abandoned.append(call.thread)
                 tr.episode.env_seconds += now - call.start
