@@ -78,6 +78,24 @@ def check(completion: str, answer: str, partial_credit: bool = False) -> float:
     return same / max(len(head), len(answer))
 
 
+def preference_pairs(source: str | Path = "configs/data/arithmetic/train.jsonl", n: int = 1000,
+                     seed: int = 0) -> list[dict[str, str]]:
+    """DPO pairs {"prompt", "chosen", "rejected"} from the first `n` rows of `source`: chosen is the
+    right sum, rejected a near miss (off by 1, 10 or 100; a miss below 0 becomes the sum + 1).
+    The offline set of tests/slow/test_dpo.py and scripts/algorithm_table.py; deterministic in `seed`."""
+    rng, pairs = random.Random(seed), []
+    with open(source, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            answer = int(row["answer"])
+            wrong = answer + rng.choice([1, 10, 100, -1, -10, -100])
+            wrong = wrong if wrong >= 0 else answer + 1
+            pairs.append({"prompt": row["prompt"], "chosen": row["answer"], "rejected": str(wrong)})
+            if len(pairs) == n:
+                break
+    return pairs
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

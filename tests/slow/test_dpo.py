@@ -5,11 +5,9 @@ The offline set is built from the arithmetic train split: each pair's chosen com
 right sum, its rejected one a near miss (off by 1, 10 or 100). DPO raises the policy's preference
 for the right answers (implicit-reward accuracy and margin) and its held-out accuracy."""
 
-import json
-import random
-
 import pytest
 
+from actors.tasks.arithmetic import preference_pairs, write_jsonl
 from cluster.config import load_config
 from cluster.metrics import read_metrics
 from cluster.trainer import train
@@ -21,24 +19,10 @@ BASE = ["logging.progress=false", "logging.tensorboard=false", "logging.dump_sam
         "checkpoint.export_hf=false"]
 
 
-def preference_set(path, n=1000, seed=0):
-    rng = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as f:
-        for line in open("configs/data/arithmetic/train.jsonl", encoding="utf-8"):
-            row = json.loads(line)
-            answer = int(row["answer"])
-            wrong = answer + rng.choice([1, 10, 100, -1, -10, -100])
-            wrong = wrong if wrong >= 0 else answer + 1
-            f.write(json.dumps({"prompt": row["prompt"], "chosen": row["answer"], "rejected": str(wrong)}) + "\n")
-            n -= 1
-            if n == 0:
-                break
-
-
 def test_offline_dpo_prefers_right_answers_and_raises_accuracy(tmp_path):
     """The demo's warm start (~22% held-out), then 60 DPO steps of 32 pairs with the RPO term
     (algorithm.dpo.nll_coef: plain DPO lowers the chosen answers' likelihood too, README)."""
-    preference_set(tmp_path / "pairs.jsonl")
+    write_jsonl(tmp_path / "pairs.jsonl", preference_pairs())
     cfg = validate(load_config("configs/demo_grpo.yaml", [
         f"model.path={tmp_path}/model", f"logging.run_dir={tmp_path}/run", *BASE,
         "trainer.mode=offline", "algorithm.dpo.enabled=true", f"data.preference_files=[{tmp_path}/pairs.jsonl]",
