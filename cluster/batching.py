@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from actors.types import Group
-from learner.algorithms import compute_advantages, decoupled_advantages, turn_advantages
+from learner.algorithms import NEEDS_CRITIC, compute_advantages, decoupled_advantages, turn_advantages
 from learner.batch import LearnerBatch
 from learner.config import AlgorithmConfig
 
@@ -38,7 +38,9 @@ def groups_to_batch(groups: list[Group], algo: AlgorithmConfig, weights: dict[st
             gidx.append(g_i)
     rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
     group_index = torch.tensor(gidx, dtype=torch.long)
-    if algo.reward_combine == "per_component":
+    if algo.advantage.name in NEEDS_CRITIC:  # PPO: per-token GAE advantages from the critic (cluster/ppo.py)
+        advantages = torch.zeros(len(samples))
+    elif algo.reward_combine == "per_component":
         if not weights:
             raise ValueError("algorithm.reward_combine=per_component needs the reward components' weights")
         # a sample whose scoring failed has no components: it scores 0 on each, as its reward is 0

@@ -1,6 +1,6 @@
 """Atomic run checkpoints: the learner's DeepSpeed state plus the driver's own state.
 
-Layout: RUN_DIR/checkpoints/step_000006/{learner/ (DeepSpeed), trainer_state.json} and
+Layout: RUN_DIR/checkpoints/step_000006/{learner/ (DeepSpeed), critic/ (PPO only), trainer_state.json} and
 RUN_DIR/checkpoints/latest (the name of the newest complete checkpoint). A checkpoint is written
 into a `.tmp` directory and renamed into place, and `latest` is replaced atomically after that, so a
 crash mid-write never leaves a corrupt "latest". Only the newest `keep_last` are kept.
@@ -31,10 +31,18 @@ class LoopState:
     nonfinite_skipped: int = 0  # learner updates skipped in the whole run (non-finite loss or gradient)
 
 
+CRITIC_DIR = "critic"  # in a checkpoint: PPO's value model (DeepSpeed), beside learner/
+# RUN_DIR/warm_started/: the policy after the warm start (a HF directory), exported when the reference
+# (KL term, DPO) or PPO's critic starts from it; a resumed or rebuilt learner reloads its reference there
+WARM_STARTED = "warm_started"
+
+
 def restore(run: Any, path: Path) -> LoopState:
     """Load checkpoint `path` into the run's learner and the driver's RNG; its loop state."""
     saved = Checkpointer.load_state(path)
     run.learner.load_checkpoint(str(path / "learner"))
+    if getattr(run, "critic", None) is not None:  # PPO's value model, saved beside the policy (Run.save_models)
+        run.critic.load_checkpoint(str(path / CRITIC_DIR))
     set_rng_state(saved.pop("rng"))
     return LoopState(**saved)
 

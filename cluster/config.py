@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from actors.config import BufferConfig, RewardConfig, RolloutConfig
 from cluster.tiny_model import TinyModelSpec
 from learner.algorithms.registry import suggest
-from learner.config import AlgorithmConfig, LearnerConfig, one_of
+from learner.config import AlgorithmConfig, CriticConfig, LearnerConfig, one_of
 
 
 @dataclasses.dataclass
@@ -133,6 +133,7 @@ class RunConfig:
     buffer: BufferConfig = field(default_factory=BufferConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)  # PPO (algorithm.advantage.name=gae) only
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

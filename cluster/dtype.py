@@ -95,6 +95,7 @@ def resolve_run_dtypes(cfg, flags: Optional[frozenset[str]] = None):
     cfg.model.dtype = choice.dtype
     cfg.rollout.dtype = cfg.rollout.dtype or choice.dtype
     cfg.learner.dtype = cfg.learner.dtype or choice.dtype
+    cfg.critic.learner.dtype = cfg.critic.learner.dtype or cfg.learner.dtype  # PPO's value model: as the policy
     lines = [f"dtype: rollout {cfg.rollout.dtype}, learner {cfg.learner.dtype} ({choice.reason})"]
     if choice.warning:
         lines.append(f"WARNING: {choice.warning}")

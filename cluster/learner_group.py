@@ -23,14 +23,18 @@ import ray
 from cluster.actor_group import ActorGroup, GroupSpec
 from learner.batch import LearnerBatch
 from learner.config import AlgorithmConfig, LearnerConfig
+from learner.critic import CriticRank
 from learner.rank import LearnerRank
 
 TIMEOUT_KNOB = "learner.call_timeout_s"
 
 
 class LearnerGroup:
+    NAME, RANK, TIMEOUT_KNOB = "learner", LearnerRank, TIMEOUT_KNOB
+
     def __init__(self, model_path: str, cfg: LearnerConfig, algo: AlgorithmConfig, total_steps: int,
-                 temperature: float = 1.0, device: str = "cpu", colocation: Optional[Any] = None):
+                 temperature: float = 1.0, device: str = "cpu", colocation: Optional[Any] = None,
+                 build_kwargs: Optional[dict[str, Any]] = None):
         self.cfg, self.algo = cfg, algo
         self.timeout_s = cfg.call_timeout_s
         K = cfg.num_ranks
@@ -39,8 +43,8 @@ class LearnerGroup:
             env["OMP_NUM_THREADS"] = str(cfg.threads_per_rank)
         # colocated (cluster/colocation.py): rank i shares bundle i with rollout worker i
         gpus = colocation.gpus_each if colocation else cfg.gpus_per_rank
-        self.group = ActorGroup(GroupSpec("learner", K, cfg.cpus_per_rank, gpus, cfg.placement, env=env),
-                                LearnerRank, args_for=lambda i: ((), {}), shared=colocation.slots if colocation else ())
+        self.group = ActorGroup(GroupSpec(self.NAME, K, cfg.cpus_per_rank, gpus, cfg.placement, env=env),
+                                self.RANK, args_for=lambda i: ((), {}), shared=colocation.slots if colocation else ())
         try:
             ips = [ip for ip, _ in self._call("node_info")]
             master_addr, master_port = self._wait([self.group.actors[0].weight_sync_address.remote()], "rendezvous")[0]
@@ -50,8 +54,9 @@ class LearnerGroup:
                 local_rank, local_size = [0] * K, [1] * K
             self.group.build([
                 ((model_path, cfg, algo, i, K, master_addr, master_port, total_steps),
-                 {"temperature": temperature, "device": device, "local_rank": local_rank[i], "local_size": local_size[i]})
-                for i in range(K)], self.timeout_s, TIMEOUT_KNOB)
+                 {"temperature": temperature, "device": device, "local_rank": local_rank[i], "local_size": local_size[i],
+                  **(build_kwargs or {})})
+                for i in range(K)], self.timeout_s, self.TIMEOUT_KNOB)
         except BaseException:
             self.group.shutdown(method=None)
             raise
@@ -68,6 +73,10 @@ class LearnerGroup:
         _check_agree(results, ("learner/loss", "learner/grad_norm"), "train_step")
         return results[0]
 
+    def reference_kl(self, batch: LearnerBatch) -> list:
+        """Per sequence, the per-token KL(policy || reference) [R_i] (PPO's KL-in-reward)."""
+        return self._per_sequence("reference_kl", batch)
+
     def preference_step(self, batch: LearnerBatch) -> dict[str, float]:
         """One DPO/IPO step on a batch of pairs (sequences 2p, 2p + 1); pairs are dealt round-robin
         to the ranks and stay whole (the loss uses the global pair count)."""
@@ -77,9 +86,10 @@ class LearnerGroup:
         _check_agree(results, ("dpo/loss", "dpo/grad_norm"), "preference_step")
         return results[0]
 
-    def reset_reference(self) -> None:
-        """The reference model becomes a copy of the policy as it is now (every rank)."""
-        self._call("reset_reference")
+    def reset_reference(self, model_path: Optional[str] = None) -> None:
+        """The reference model becomes a copy of the policy as it is now, or of the HF directory
+        `model_path` (every rank)."""
+        self._call("reset_reference", model_path)
 
     def sft_step(self, batch: LearnerBatch, lr: Optional[float] = None) -> dict[str, float]:
         """One supervised step. Sequences are dealt round-robin: uneven shards are fine (the loss
@@ -153,10 +163,43 @@ class LearnerGroup:
     def _call_each(self, method: str, per_rank: list[tuple[tuple, dict]]) -> list[Any]:
         return self._wait(self.group.call_each_async(method, per_rank), method)
 
+    def _per_sequence(self, method: str, batch: LearnerBatch) -> list[Any]:
+        """`method` on sequences dealt round-robin to the ranks (a no-grad pass: any split gives the
+        same values); one result per sequence, in the batch's order."""
+        K, n = len(self), len(batch)
+        results = self._call_each(method, [((batch.select(list(range(r, n, K))),), {}) for r in range(K)])
+        return [results[i % K][i // K] for i in range(n)]
+
     def _wait(self, refs: list[ray.ObjectRef], what: str) -> list[Any]:
         """All results, in rank order: a rank's error (ActorLost if it died) as soon as it arrives, and
         on timeout an error naming the ranks still running."""
-        return self.group.wait(refs, f"learner {what}", self.timeout_s, TIMEOUT_KNOB)
+        return self.group.wait(refs, f"{self.NAME} {what}", self.timeout_s, self.TIMEOUT_KNOB)
+
+
+class CriticGroup(LearnerGroup):
+    """PPO's value model (learner/critic.py): its own data-parallel DeepSpeed group of `CriticRank`s,
+    sized by critic.learner independently of the policy's; the same calls, timeouts and checkpoints."""
+
+    NAME, RANK, TIMEOUT_KNOB = "critic", CriticRank, "critic.learner.call_timeout_s"
+
+    def __init__(self, model_path: str, cfg: LearnerConfig, algo: AlgorithmConfig, total_steps: int,
+                 value_clip: Optional[float], device: str = "cpu"):
+        super().__init__(model_path, cfg, algo, total_steps, device=device, build_kwargs={"value_clip": value_clip})
+
+    def values(self, batch: LearnerBatch) -> list:
+        """Per sequence, the critic's values of its response tokens [R_i]."""
+        return self._per_sequence("values", batch)
+
+    def train_step_async(self, batch: LearnerBatch) -> list[ray.ObjectRef]:
+        """Start the critic's update (rank r on batch.shard(r, K, mini_batches)); `finish_step` waits.
+        It runs while the policy trains: the two groups are independent."""
+        K, M = len(self), self.algo.mini_batches
+        return self.group.call_each_async("critic_step", [((batch.shard(r, K, M),), {}) for r in range(K)])
+
+    def finish_step(self, refs: list[ray.ObjectRef]) -> dict[str, float]:
+        results = self._wait(refs, "critic_step")
+        _check_agree(results, ("critic/loss", "critic/grad_norm"), "critic_step")
+        return results[0]
 
 
 def _check_agree(results: list[dict[str, float]], keys: Sequence[str], what: str, rtol: float = 1e-6) -> None:

@@ -2,7 +2,8 @@
 (curves.png); for an MoE run also expert_load.png: each MoE layer's load entropy on the rollout and
 the learner side, and the routing agreement, over steps; for a multi-turn run (rollout.env) also
 tool_use.png: the tool-call rate and turns per trajectory (train and held-out), the tool errors and
-environment failures, and the environment's share of a trajectory's time."""
+environment failures, and the environment's share of a trajectory's time; for PPO (a critic) also
+critic.png: the value loss and explained variance, and the critic's mean value against the mean return."""
 
 from __future__ import annotations
 
@@ -42,6 +43,39 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         plot_moe(train, path.with_name("expert_load.png"))
     if any("env/tool_call_rate" in r for r in train):
         plot_tools(train, evals, path.with_name("tool_use.png"))
+    if any("critic/loss" in r for r in train):
+        plot_critic(train, path.with_name("critic.png"))
+    return path
+
+
+def plot_critic(train: list[dict], path: Path) -> Path:
+    import math
+
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in train if "critic/loss" in r]
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    ax = axes[0]
+    ax.plot(steps, [r["critic/loss"] for r in rows], color="tab:blue", label="value loss")
+    ax.set_ylabel("value loss", color="tab:blue")
+    ev = [(r["step"], r["critic/explained_variance"]) for r in rows
+          if math.isfinite(r.get("critic/explained_variance", math.nan))]
+    if ev:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*ev), color="tab:red", label="explained variance")
+        ax2.set_ylabel("explained variance", color="tab:red")
+    ax = axes[1]
+    ax.plot(steps, [r["critic/values_mean"] for r in rows], label="mean value (critic)")
+    ax.plot(steps, [r["critic/returns_mean"] for r in rows], label="mean return (GAE target)")
+    ax.legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{path.parent.name}: critic")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
     return path
 
 

@@ -64,6 +64,13 @@ def demand(cfg: Any) -> list[GroupDemand]:
         groups[:2] = [dataclasses.replace(learner, cpus=learner.cpus + rollout.cpus,
                                           knobs=(learner.knobs[0], "learner.cpus_per_rank + rollout.cpus_per_worker",
                                                  learner.knobs[2]))]
+    from learner.algorithms.advantages import NEEDS_CRITIC
+
+    if cfg.algorithm.advantage.name in NEEDS_CRITIC:  # PPO's critic: its own learner group (cluster/ppo.py)
+        c = cfg.critic.learner
+        groups.append(GroupDemand("critic", c.num_ranks, c.cpus_per_rank, c.gpus_per_rank,
+                                  ("critic.learner.num_ranks", "critic.learner.cpus_per_rank",
+                                   "critic.learner.gpus_per_rank"), **where(c.placement)))
     if cfg.reward.model_path:
         groups.append(GroupDemand("reward_model", 1, max(cfg.reward.cpus_per_scorer, MIN_BUNDLE_CPU), 0.0,
                                   ("reward.model_path", "reward.cpus_per_scorer", ""), **where(cfg.reward.placement)))

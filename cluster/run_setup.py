@@ -38,6 +38,7 @@ class Run:
     eval_threshold: float
     colocation: Any = None  # cluster.colocation.Colocation when cluster.colocate
     startup_seconds: float = 0.0
+    critic: Any = None  # cluster.learner_group.CriticGroup: PPO's value model (cluster/ppo.py start_critic)
     notes: list[str] = dataclasses.field(default_factory=list)  # lines for the run's first lines (dtype choice ...)  # from start_run's call until every actor is up and weight sync is joined
 
     def shutdown(self) -> None:
@@ -45,7 +46,7 @@ class Run:
 
         if self.colocation is not None:
             self.colocation.record_events(self.dir, self.rollout.workers)
-        for part in (self.rollout, self.learner, self.colocation):
+        for part in (self.rollout, self.learner, self.critic, self.colocation):
             if part is None:
                 continue
             try:
@@ -54,6 +55,14 @@ class Run:
                 logging.getLogger("relayrl").warning("shutdown: %s", e)
         if ray.is_initialized():
             ray.shutdown()
+
+    def save_models(self, directory: str) -> None:
+        """The learner's DeepSpeed checkpoint into `directory` (and PPO's critic beside it)."""
+        self.learner.save_checkpoint(directory)
+        if self.critic is not None:
+            from cluster.checkpoint import CRITIC_DIR
+
+            self.critic.save_checkpoint(str(Path(directory).parent / CRITIC_DIR))
 
 
 def make_run_dir(cfg: RunConfig) -> Path:
@@ -112,6 +121,31 @@ def split_cores_for_async(cfg: RunConfig) -> str | None:
             f"{cfg.learner.cpu_cores} (they compute at the same time; rollout.cpu_cores / learner.cpu_cores override)")
 
 
+def split_cores_for_critic(cfg: RunConfig, async_split: bool = False) -> str | None:
+    """PPO on one CPU machine: the policy's ranks and the critic's train AT THE SAME TIME (cluster/ppo.py),
+    with the same thrashing as async's two roles (measured on the PPO demo: the learn phase 1.9 s with
+    both on every core). Unless the user placed them (learner.cpu_cores / critic.learner.cpu_cores), the
+    critic takes half the policy learner's cores: of all cores, or of the learner's half after
+    split_cores_for_async (`async_split`); with one core left they share it, a thread each.
+    Changes cfg in place; returns the line for the run's log, or None."""
+    from learner.algorithms.advantages import NEEDS_CRITIC
+
+    critic = cfg.critic.learner
+    if (cfg.algorithm.advantage.name not in NEEDS_CRITIC or cfg.cluster.device != "cpu" or cfg.cluster.address
+            or os.environ.get("RAY_ADDRESS") or critic.cpu_cores or (cfg.learner.cpu_cores and not async_split)):
+        return None
+    cores = list(cfg.learner.cpu_cores) or sorted(os.sched_getaffinity(0))
+    half = len(cores) // 2
+    if half == 0:  # one core for both
+        cfg.learner.threads_per_rank, critic.cpu_cores, critic.threads_per_rank = 1, cores, 1
+    else:
+        cfg.learner.cpu_cores, critic.cpu_cores = cores[:half], cores[half:]
+        cfg.learner.threads_per_rank = max(1, half // cfg.learner.num_ranks)
+        critic.threads_per_rank = critic.threads_per_rank or max(1, (len(cores) - half) // critic.num_ranks)
+    return (f"PPO on one CPU machine: learner ranks on cores {cfg.learner.cpu_cores}, critic ranks on cores "
+            f"{critic.cpu_cores} (they train at the same time; learner.cpu_cores / critic.learner.cpu_cores override)")
+
+
 def start_ray(cfg: RunConfig, run_dir: Path) -> None:
     """Join the Ray cluster at cluster.address (or RAY_ADDRESS), or start a local one that listens on
     loopback only (cluster/network.py); then refuse a topology the cluster cannot hold, before any
@@ -165,8 +199,9 @@ def start_run(cfg: RunConfig) -> Run:
 
     t0 = time.perf_counter()
     cfg, notes = resolve_run_dtypes(cfg)  # model.dtype=auto -> what this machine computes fastest
-    split = split_cores_for_async(cfg)
-    notes += [split] if split else []
+    async_split = split_cores_for_async(cfg)  # async: rollout and learner compute at the same time
+    critic_split = split_cores_for_critic(cfg, bool(async_split))  # PPO: so do policy and critic
+    notes += [n for n in (async_split, critic_split) if n]
     run_dir = make_run_dir(cfg)
     log_dir = quiet_driver(run_dir)
     notes.append(f"library and actor logs: {log_dir}/")
@@ -175,6 +210,8 @@ def start_run(cfg: RunConfig) -> Run:
     check_model_dir(model_path, cfg)  # missing or mismatched files: one error saying what to change, no actor started
     if cfg.reward.model_path:
         check_model_dir(cfg.reward.model_path, need_safetensors=False, field="reward.model_path")
+    if cfg.critic.model_path:
+        check_model_dir(cfg.critic.model_path, field="critic.model_path")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     ws = cfg.trainer.warm_start
     fmt = prompt_format_from_config(cfg.data, required=(ws.target_key,) if ws.steps > 0 else (),
@@ -208,4 +245,4 @@ def start_run(cfg: RunConfig) -> Run:
                                                else "env" if cfg.rollout.env.name else "model")
     return Run(cfg, run_dir, model_path, tokenizer, train_prompts, eval_prompts, stream, learner, rollout, sync,
                ([probe_prompt + probe_tail], [len(probe_prompt)]), component, cfg.trainer.eval_threshold,
-               colocation, time.perf_counter() - t0, notes)
+               colocation, time.perf_counter() - t0, None, notes)

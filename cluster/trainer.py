@@ -23,17 +23,19 @@ import torch
 from actors.buffer import GroupBuffer
 from cluster.batching import groups_to_batch, reward_weights, sft_batch, sft_examples
 from cluster.actor_group import ActorLost
-from cluster.checkpoint import Checkpointer, LoopState, restore, rng_state
+from cluster.checkpoint import WARM_STARTED, Checkpointer, LoopState, restore, rng_state
 from cluster.config import RunConfig
 from cluster.evaluation import evaluate, rollout_stats
 from cluster.learner_recovery import LearnerRecovery
 from cluster.metrics import MetricsLogger
 from cluster.nonfinite import count_nonfinite
 from cluster.plot import plot_run
+from cluster.ppo import needs_critic, ppo_step, start_critic
 from cluster.preference import offline_dpo, online_dpo_step
 from cluster.rollout_feed import RolloutFeed
 from cluster.scaling import RolloutScaler
 from cluster.run_setup import Run, start_run
+from learner.train_step import uses_reference
 
 
 FEED_FILE = "rollout_feed.pkl"  # in a checkpoint: the batches issued but not yet trained (async)
@@ -62,8 +64,7 @@ def train(cfg: RunConfig) -> Path:
         else:
             seed_everything(cfg.trainer.seed)
             warm_start(run, logger)
-            if cfg.algorithm.dpo.enabled:  # DPO measures preferences against the warm-started policy
-                run.learner.reset_reference()
+            start_from_warm_start(run, logger, fresh=True)  # the reference (KL, DPO) and PPO's critic
             run.sync.push(state.version)
             log_eval(run, logger, state.step, "before RL")
             if cfg.checkpoint.every and cfg.learner.max_restarts and cfg.trainer.mode != "offline":
@@ -103,7 +104,12 @@ def rl_step(run: Run, step: int, state: LoopState, feed: RolloutFeed, buffer: Gr
     t = mark(timing, "batch", t)
     with run.sync.lock:  # a rollout worker replaced meanwhile joins at the version it really gets
         run.rollout.sleep()  # colocated: the engines free the device for the learner; the push wakes them
-        batch, learn = online_dpo_step(run, groups) if dpo else (batch, run.learner.train_step(batch))
+        if dpo:
+            batch, learn = online_dpo_step(run, groups)
+        elif run.critic is not None:  # PPO: GAE from the critic's values; policy and critic train together
+            learn = ppo_step(run, batch)
+        else:
+            learn = run.learner.train_step(batch)
         t = mark(timing, "learn", t)
         # an update skipped for a non-finite loss/gradient: counted, batch saved; N steps in a row stop the run
         count_nonfinite(state, step, learn, batch, run.dir, cfg.learner.max_nonfinite_steps, logger.print)
@@ -163,6 +169,24 @@ def warm_start(run: Run, logger: MetricsLogger) -> None:
     logger.print(f"warm start: {ws.steps} supervised steps in {time.perf_counter() - t0:.1f}s")
 
 
+def start_from_warm_start(run: Run, logger: MetricsLogger, fresh: bool) -> None:
+    """The models that start from the warm-started policy: the reference of the KL term and of DPO,
+    and PPO's critic (its backbone). A fresh run exports that policy once to RUN_DIR/warm_started when
+    one of them needs it; a resumed run reloads the reference from there (the critic: its checkpoint)."""
+    cfg = run.cfg
+    warm = run.dir / WARM_STARTED if cfg.trainer.warm_start.steps > 0 else None
+    reference = uses_reference(cfg.algorithm)
+    if warm is not None and fresh and (reference or needs_critic(cfg)):
+        run.learner.export_hf(str(warm), run.model_path)
+    if warm is not None and reference:
+        if not fresh and not (warm / "config.json").exists():
+            raise FileNotFoundError(f"{warm} is missing: the reference model of this run is its warm-started policy, "
+                                    f"exported there when the run started; the run cannot resume without it")
+        run.learner.reset_reference(None if fresh else str(warm))
+    if needs_critic(cfg):  # PPO: built now, so that it can start from the warm-started policy
+        logger.print(start_critic(run, str(warm) if warm is not None else None))
+
+
 def log_eval(run: Run, logger: MetricsLogger, step: int, label: str) -> None:
     if not run.eval_prompts:
         return
@@ -210,7 +234,7 @@ def save(run: Run, ckpt: Checkpointer, state: LoopState, feed: RolloutFeed, reco
     pending = feed.state()  # waits for batches still generating: their prompts already left the stream
     state.data = run.stream.state()
     trainer_state = {**dataclasses.asdict(state), "rng": rng_state()}
-    path = ckpt.save(state.step, trainer_state, run.learner.save_checkpoint, extra={FEED_FILE: pending})
+    path = ckpt.save(state.step, trainer_state, run.save_models, extra={FEED_FILE: pending})
     recovery.checkpointed()
     return path
 
@@ -227,6 +251,7 @@ def resume_point(cfg: RunConfig) -> Path | None:
 
 def resume(run: Run, logger: MetricsLogger, feed: RolloutFeed) -> LoopState:
     path = resume_point(run.cfg)
+    start_from_warm_start(run, logger, fresh=False)  # the reference reloaded; PPO's critic built, then restored
     state = restore(run, path)
     run.stream.load_state(state.data)
     pending = path / FEED_FILE

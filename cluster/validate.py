@@ -123,10 +123,39 @@ def environment_usable(cfg: RunConfig) -> Optional[str]:
 
 
 @check
-def critic_available(cfg: RunConfig) -> Optional[str]:
-    if cfg.algorithm.advantage.name in NEEDS_CRITIC:
-        return (f"algorithm.advantage '{cfg.algorithm.advantage.name}' needs a value model (PPO critic), which the "
-                f"learner does not train yet: use grpo, dr_grpo, rloo or reinforce_pp")
+def critic_setup(cfg: RunConfig) -> Optional[str]:
+    """PPO with a critic (algorithm.advantage.name=gae): what it combines with, and the critic's group."""
+    a, c = cfg.algorithm, cfg.critic
+    ppo = a.advantage.name in NEEDS_CRITIC
+    if a.kl_in_reward and not (ppo and a.kl_coef > 0):
+        return ("algorithm.kl_in_reward puts kl_coef x KL in PPO's per-token reward: it needs "
+                f"algorithm.advantage.name=gae and algorithm.kl_coef > 0 (got {a.advantage.name}, {a.kl_coef})")
+    if not ppo:
+        if c.model_path:
+            return (f"critic.model_path is set but algorithm.advantage.name={a.advantage.name} trains no critic: "
+                    f"use gae (PPO with a critic) or remove critic.model_path")
+        return None
+    unsupported = {"algorithm.dpo.enabled": a.dpo.enabled, "algorithm.reward_combine=per_component":
+                   a.reward_combine == "per_component", "cluster.colocate": cfg.cluster.colocate}
+    bad = [k for k, on in unsupported.items() if on]
+    if bad:
+        return (f"algorithm.advantage.name=gae (PPO with a critic) does not combine with {', '.join(bad)} "
+                f"(not built): turn it off or use a group estimator (grpo, rloo, ...)")
+    le = c.learner
+    if le.num_ranks < 1 or le.micro_batch_tokens < 1:
+        return "critic.learner.num_ranks and critic.learner.micro_batch_tokens must be >= 1"
+    total, m = samples_per_step(cfg), a.mini_batches
+    if total % (le.num_ranks * m):
+        return (f"{total} sequences per step do not split evenly over critic.learner.num_ranks={le.num_ranks} x "
+                f"algorithm.mini_batches={m}: make prompts_per_step x group size a multiple of {le.num_ranks * m}")
+    if cfg.cluster.device == "cpu" and le.gpus_per_rank > 0:
+        return "critic.learner.gpus_per_rank > 0 with cluster.device=cpu: set cluster.device=cuda or gpus_per_rank=0"
+    if cfg.cluster.device == "cuda" and le.gpus_per_rank <= 0:
+        return "cluster.device=cuda but critic.learner.gpus_per_rank=0: give each critic rank a GPU"
+    if le.offload_params and le.zero_stage != 3:
+        return "critic.learner.offload_params needs critic.learner.zero_stage=3"
+    if c.value_clip is not None and c.value_clip <= 0:
+        return f"critic.value_clip must be > 0 or null (no clipping), got {c.value_clip}"
     return None
 
 

@@ -14,7 +14,7 @@ import torch
 
 
 # the ragged per-sequence lists, pickled as one flat tensor each plus their lengths
-_RAGGED = ("input_ids", "sampler_logprobs", "token_masks", "token_advantages")
+_RAGGED = ("input_ids", "sampler_logprobs", "token_masks", "token_advantages", "values", "returns")
 
 
 @dataclasses.dataclass
@@ -33,7 +33,9 @@ class LearnerBatch:
     token_masks[i]:      optional bool [R_i]: False at response tokens that take no loss (a multi-turn
                          trajectory's observation tokens); None = every response token trains
     token_advantages[i]: optional float [R_i]: per-token advantages (multi-turn turn credit), used
-                         instead of `advantages` when given
+                         instead of `advantages` when given (also PPO's GAE advantages)
+    values[i], returns[i]: optional float [R_i]: PPO with a critic: the critic's values the advantages
+                         were computed with, and the GAE returns it is trained towards
     """
 
     input_ids: list[torch.Tensor]
@@ -47,6 +49,8 @@ class LearnerBatch:
     routed_experts: Optional[list[Any]] = None
     token_masks: Optional[list[torch.Tensor]] = None
     token_advantages: Optional[list[torch.Tensor]] = None
+    values: Optional[list[torch.Tensor]] = None
+    returns: Optional[list[torch.Tensor]] = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -97,6 +101,8 @@ class LearnerBatch:
             routed_experts=None if self.routed_experts is None else [self.routed_experts[i] for i in idx],
             token_masks=None if self.token_masks is None else [self.token_masks[i] for i in idx],
             token_advantages=None if self.token_advantages is None else [self.token_advantages[i] for i in idx],
+            values=None if self.values is None else [self.values[i] for i in idx],
+            returns=None if self.returns is None else [self.returns[i] for i in idx],
         )
 
     def shard(self, rank: int, world_size: int, mini_batches: int = 1) -> "LearnerBatch":

@@ -72,7 +72,7 @@ class DPOConfig:
 class AlgorithmConfig:
     """A policy-gradient loss is three independent choices plus regularisers.
 
-    advantage:   ADVANTAGE_ESTIMATORS  (grpo, dr_grpo, rloo, reinforce_pp)
+    advantage:   ADVANTAGE_ESTIMATORS  (grpo, dr_grpo, rloo, reinforce_pp; gae = PPO with a critic)
     surrogate:   SURROGATES            (ppo_clip, gspo, gspo_token, cispo)
     aggregation: AGGREGATIONS          (token-mean, seq-mean-token-mean, seq-mean-token-sum, seq-mean-token-sum-norm)
     off_policy:  OFF_POLICY            (none, tis, seq_mask, icepop) — learner old logprobs vs sampler logprobs
@@ -95,6 +95,9 @@ class AlgorithmConfig:
     # turn on (the environment's per-turn rewards), against the trajectory's group baseline
     # (learner/algorithms/advantages.py turn_advantages); false = one advantage per trajectory
     turn_credit: bool = False
+    # classic RLHF PPO (advantage gae): the KL to the reference enters the per-token reward,
+    # r_t = -kl_coef * KL_t (+ the sequence's reward at its last token), instead of the loss
+    kl_in_reward: bool = False
     dpo: DPOConfig = field(default_factory=DPOConfig)  # preference loss (DPO / IPO) instead of policy gradient
     epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per epoch; >1 makes later updates off-policy (ratio != 1)
@@ -147,3 +150,14 @@ class LearnerConfig:
     # a rank that dies: the whole group is rebuilt from the latest checkpoint and the steps since are
     # retrained from the samples the driver still holds; more rebuilds than this stop the run
     max_restarts: int = 2
+
+
+@dataclasses.dataclass
+class CriticConfig:
+    """PPO's value model (algorithm.advantage.name=gae), trained by its own DeepSpeed learner group
+    (learner/critic.py), sized independently of the policy's: the policy's architecture with a scalar
+    value head in place of the LM head. Used only when the advantage estimator needs a critic."""
+
+    model_path: str = ""  # "" = initialised from the policy's model (its backbone; a new value head)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)  # ranks, ZeRO stage, optimizer, ...
+    value_clip: Optional[float] = 0.2  # clipped value loss around the values GAE used; None = plain squared error

@@ -89,7 +89,7 @@ class LearnerRank:
 
         import deepspeed
 
-        from learner.engine import build_engine, build_reference, load_model
+        from learner.engine import build_engine, build_reference
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         backend, timeout = ("nccl" if device == "cuda" else "gloo"), timedelta(minutes=30)
@@ -100,7 +100,7 @@ class LearnerRank:
                                      self._listening.pop(master_port, None))
             torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout, verbose=False)
-        model = load_model(model_path, cfg)
+        model = self.load_model(model_path, cfg)
         # MoE router balance loss: on when learner.moe_aux_loss_coef > 0, or (left None) when the
         # model's own config asks for router logits with a positive coefficient.
         self._aux_coef = float(getattr(model.config, "router_aux_loss_coef", 0.0) or 0.0)
@@ -113,10 +113,19 @@ class LearnerRank:
         self.engine, self.optimizer, self.scheduler = build_engine(model, cfg, world_size, total_steps)
         self.device = self.engine.device
         self.ref = None
-        if steps.uses_reference(algo):  # KL term or DPO
-            self.ref = build_reference(load_model(model_path, cfg), cfg, world_size, self.device)
+        if self.uses_reference(algo):  # KL term or DPO
+            self.ref = build_reference(self.load_model(model_path, cfg), cfg, world_size, self.device)
         self._layout: Optional[WeightLayout] = None
         self._sender: Optional[WeightSender] = None
+
+    def load_model(self, model_path: str, cfg: LearnerConfig):
+        """The model this rank trains (learner/critic.py's CriticRank: the value model)."""
+        from learner.engine import load_model
+
+        return load_model(model_path, cfg)
+
+    def uses_reference(self, algo: AlgorithmConfig) -> bool:
+        return steps.uses_reference(algo)
 
     # ---- what learner/train_step.py needs (its Engine protocol) --------------------------------
     def forward(self, mb: MicroBatch, *, grad: bool, entropy_grad: bool = False, reference: bool = False,
@@ -193,22 +202,30 @@ class LearnerRank:
         self.engine.train()
         return steps.train_on_batch(self, batch, self.algo)
 
+    def reference_kl(self, batch: LearnerBatch) -> list[torch.Tensor]:
+        """*Collective.* Per response token, KL(policy || reference) of this rank's sequences
+        (algorithm.kl_estimator, at the rollout temperature): PPO's KL-in-reward penalty."""
+        return steps.reference_kl(self, batch, self.algo)
+
     def preference_step(self, batch: LearnerBatch) -> dict[str, float]:
         """*Collective.* One DPO/IPO step on this rank's pairs (sequences 2p chosen, 2p + 1 rejected)."""
         self.engine.train()
         return steps.preference_on_batch(self, batch, self.algo)
 
-    def reset_reference(self) -> None:
-        """*Collective.* The reference model becomes a copy of the policy as it is now (DPO: the
-        warm-started policy is the reference its preferences are measured against)."""
+    def reset_reference(self, model_path: Optional[str] = None) -> None:
+        """*Collective.* The reference model becomes a copy of the policy as it is now, or (model_path)
+        of that Hugging Face directory: the warm-started policy is the reference of the KL term and
+        of DPO (a resumed run reloads it from the warm start's export)."""
         if self.ref is None:
             raise RuntimeError("reset_reference: this learner has no reference model")
+        src = self.engine.module if model_path is None else self.load_model(model_path, self.cfg)
         dst = dict(getattr(self.ref, "module", self.ref).named_parameters())
-        for name, p in self.engine.module.named_parameters():
-            if hasattr(p, "ds_id"):  # ZeRO-3: both gathered in full, rank 0 writes, the reference re-partitions
+        for name, p in src.named_parameters():
+            z3 = [t for t in (p, dst[name]) if hasattr(t, "ds_id")]
+            if z3:  # ZeRO-3: gathered in full, rank 0 writes, the reference re-partitions
                 import deepspeed
 
-                with deepspeed.zero.GatheredParameters([p, dst[name]], modifier_rank=0), torch.no_grad():
+                with deepspeed.zero.GatheredParameters(z3, modifier_rank=0), torch.no_grad():
                     if self.rank == 0:
                         dst[name].copy_(p.to(dst[name].dtype))
             else:

@@ -185,7 +185,8 @@ def train_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> d
 
     reuse = algo.epochs * M > 1  # else the first forward IS the old policy: old = logp.detach()
     old = score(eng, batch, trained, measure_routing=True) if reuse else None
-    ref = score(eng, batch, trained, reference=True) if algo.kl_coef > 0 else None
+    # the KL term of the loss (PPO with kl_in_reward puts it in the reward instead: cluster/ppo.py)
+    ref = score(eng, batch, trained, reference=True) if algo.kl_coef > 0 and not algo.kl_in_reward else None
     if old is not None:
         _sampler_diff(m_, batch, old)
     updates = [update(eng, batch, algo, mini[m], old, ref, m_) for _ in range(algo.epochs) for m in range(M)]
@@ -210,6 +211,20 @@ def train_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> d
 
 def uses_reference(algo: AlgorithmConfig) -> bool:
     return algo.kl_coef > 0 or algo.dpo.enabled
+
+
+def reference_kl(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> list[torch.Tensor]:
+    """Per sequence, the per-token KL(policy || reference) [R_i] (0 at tokens that take no loss):
+    the policy as it sampled the batch against the reference, by algo.kl_estimator (no grad)."""
+    from learner.algorithms import kl_penalty
+
+    idx = list(range(len(batch)))
+    policy, ref = score(eng, batch, idx), score(eng, batch, idx, reference=True)
+    out = []
+    for i in idx:
+        mask = torch.ones_like(policy[i], dtype=torch.bool) if batch.token_masks is None else batch.token_masks[i]
+        out.append(kl_penalty(policy[i][None], ref[i][None], algo.kl_estimator, response_mask=mask[None])[0])
+    return out
 
 
 # ---- preference optimisation (DPO / IPO) ------------------------------------------------------

@@ -6,7 +6,7 @@ the registries without pulling in the training stack. See docs/algorithms.md.
 """
 
 from .advantages import (ADVANTAGE_ESTIMATORS, NEEDS_CRITIC, TURN_CREDIT_ESTIMATORS, compute_advantages,
-                         decoupled_advantages, expand_to_tokens, gae, turn_advantages)
+                         decoupled_advantages, expand_to_tokens, gae, token_rewards, turn_advantages)
 from .aggregation import AGGREGATIONS, aggregate_loss, local_counts
 from .group_filters import dynamic_sampling_keep, gfpo_mask, gfpo_select, overlong_penalty
 from .kl import KL_ESTIMATORS, kl_penalty
@@ -15,7 +15,7 @@ from .off_policy import OFF_POLICY, off_policy_weights
 from .preference import DPOParams, GroupPreferenceParams, dpo_loss, group_preference_loss
 from .registry import Entry, NoParams, Registry, build_dataclass, suggest
 from .surrogates import SURROGATES, surrogate_loss
-from .value import ValueLossParams, value_loss
+from .value import ValueLossParams, explained_variance, value_loss
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -37,6 +37,7 @@ __all__ = [
     "dpo_loss",
     "dynamic_sampling_keep",
     "expand_to_tokens",
+    "explained_variance",
     "gae",
     "gfpo_mask",
     "gfpo_select",
@@ -49,5 +50,6 @@ __all__ = [
     "overlong_penalty",
     "suggest",
     "surrogate_loss",
+    "token_rewards",
     "value_loss",
 ]

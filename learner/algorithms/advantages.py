@@ -252,6 +252,22 @@ def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, **param
     return adv, returns
 
 
+def token_rewards(rewards: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None = None,
+                  kl_coef: float = 0.0) -> torch.Tensor:
+    """Per-token rewards [B, T] for `gae` from per-sequence rewards [B]: each sequence's reward at its
+    last valid token, and (classic RLHF PPO) minus kl_coef * kl[B, T] at every valid token. Padding 0."""
+    mask = as_bool_mask(mask)
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    if kl is not None and kl_coef:
+        out = valid_or(-kl_coef * kl.float(), mask)
+    T = mask.shape[1]
+    last = (T - 1 - mask.flip(1).int().argmax(1))  # index of the last valid token
+    has = mask.any(1)
+    rows = torch.arange(mask.shape[0])[has]
+    out[rows, last[has]] += torch.as_tensor(rewards, dtype=torch.float32)[has]
+    return out
+
+
 def _whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(x - mean) / sqrt(var + 1e-8) over valid positions, unbiased var, padding 0."""
     mean = masked_mean(x, mask)

@@ -44,3 +44,15 @@ def value_loss(
         v_clip = old + (v - old).clamp(-p.clip_range, p.clip_range)
         loss = torch.maximum(loss, (v_clip - ret).square())
     return valid_or(0.5 * loss, mask)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over valid tokens: 1 = the critic predicts the returns,
+    0 = no better than their mean, < 0 = worse. NaN when the returns do not vary (variance < 1e-10:
+    e.g. every reward 0, the returns then only float noise around 0)."""
+    mask = as_bool_mask(mask)
+    r, v = returns[mask].double(), values[mask].double()
+    var = r.var(unbiased=False) if r.numel() else torch.tensor(0.0)
+    if var < 1e-10:
+        return float("nan")
+    return float(1.0 - (r - v).var(unbiased=False) / var)

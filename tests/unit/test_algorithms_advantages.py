@@ -161,3 +161,15 @@ def test_decoupled_respects_the_keep_mask_and_checks_shapes():
     assert torch.allclose(adv, torch.tensor([0.95, -0.95, 2.05, 0.0]), atol=1e-6)
     with pytest.raises(ValueError, match=r"components must be \[B, K\] and weights \[K\]"):
         decoupled_advantages("grpo", GDPO_COMPONENTS, torch.ones(3), GDPO_GROUPS)
+
+
+def test_token_rewards_terminal_reward_and_kl_penalty_by_hand():
+    from learner.algorithms import token_rewards
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)  # row 1: a masked middle
+    rewards = torch.tensor([1.0, -2.0, 5.0])
+    out = token_rewards(rewards, mask)
+    torch.testing.assert_close(out, torch.tensor([[0, 0, 1.0, 0], [0, 0, 0, -2.0], [0, 0, 0, 0]]))
+    kl = torch.tensor([[0.1, 0.2, 0.3, 9.0], [0.5, 9.0, 0.0, 1.0], [9.0, 9.0, 9.0, 9.0]])
+    out = token_rewards(rewards, mask, kl, kl_coef=0.5)
+    torch.testing.assert_close(out, torch.tensor([[-0.05, -0.1, 0.85, 0], [-0.25, 0, 0, -2.5], [0, 0, 0, 0]]))

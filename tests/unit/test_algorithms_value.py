@@ -40,3 +40,19 @@ def test_unclipped_value_loss():
 def test_unknown_param():
     with pytest.raises(ValueError, match="did you mean 'clip_range'"):
         value_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), cliprange=0.1)
+
+
+def test_explained_variance_by_hand():
+    from learner.algorithms import explained_variance
+
+    returns = torch.tensor([[1.0, 3.0, 99.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    # Var(returns) over [1, 3] = 1; values [2, 2]: residuals [-1, 1], Var = 1 -> 0
+    assert explained_variance(torch.tensor([[2.0, 2.0, 0.0]]), returns, mask) == pytest.approx(0.0)
+    # values [1, 2]: residuals [0, 1], Var = 0.25 -> 0.75
+    assert explained_variance(torch.tensor([[1.0, 2.0, -5.0]]), returns, mask) == pytest.approx(0.75)
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    # returns that do not vary: no variance to explain
+    flat = torch.tensor([[0.0, 1e-9, 7.0]])
+    assert explained_variance(torch.tensor([[0.5, 0.1, 0.0]]), flat, mask) != explained_variance(
+        torch.tensor([[0.5, 0.1, 0.0]]), flat, mask)  # NaN

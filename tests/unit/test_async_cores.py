@@ -1,4 +1,5 @@
-"""Async on one CPU machine: the two roles get disjoint cores unless the user placed them."""
+"""Async (and PPO) on one CPU machine: roles that compute at the same time get disjoint cores unless the
+user placed them."""
 
 import os
 
@@ -31,3 +32,23 @@ def test_sync_mode_and_user_placement_are_left_alone(two_cores):
     assert split_cores_for_async(placed) is None and placed.learner.cpu_cores == []
     remote = load_config(None, ["trainer.mode=async", "cluster.address=10.0.0.1:6379"])
     assert split_cores_for_async(remote) is None
+
+
+def test_ppo_splits_the_learner_cores_with_the_critic(two_cores):
+    from cluster.run_setup import split_cores_for_critic
+
+    sync = load_config(None, ["algorithm.advantage.name=gae"])
+    note = split_cores_for_critic(sync)
+    assert (sync.learner.cpu_cores, sync.critic.learner.cpu_cores) == ([0], [1])
+    assert (sync.learner.threads_per_rank, sync.critic.learner.threads_per_rank) == (1, 1)
+    assert "critic ranks on cores [1]" in note
+    # async: the rollout side has core 0, the learner core 1: the critic shares core 1, a thread each
+    both = load_config(None, ["algorithm.advantage.name=gae", "trainer.mode=async"])
+    split_cores_for_critic(both, bool(split_cores_for_async(both)))
+    assert (both.rollout.cpu_cores, both.learner.cpu_cores, both.critic.learner.cpu_cores) == ([0], [1], [1])
+    assert (both.learner.threads_per_rank, both.critic.learner.threads_per_rank) == (1, 1)
+    # no critic, or the user placed the learner: left alone
+    grpo = load_config(None, [])
+    assert split_cores_for_critic(grpo) is None and grpo.critic.learner.cpu_cores == []
+    placed = load_config(None, ["algorithm.advantage.name=gae", "learner.cpu_cores=[0,1]"])
+    assert split_cores_for_critic(placed) is None and placed.critic.learner.cpu_cores == []
