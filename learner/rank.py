@@ -100,6 +100,9 @@ class LearnerRank:
                                      self._listening.pop(master_port, None))
             torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout, verbose=False)
+        if device == "cpu":
+            self._barrier()  # every rank has mapped every rank's all-reduce segment: the names can go
+            release_shm_segment(master_addr, master_port, rank)
         model = self.load_model(model_path, cfg)
         # MoE router balance loss: on when learner.moe_aux_loss_coef > 0, or (left None) when the
         # model's own config asks for router logits with a positive coefficient.
@@ -433,6 +436,19 @@ def rendezvous_store(host: str, port: int, rank: int, world_size: int, timeout: 
     except BaseException:
         os.close(fd)
         raise
+
+
+def release_shm_segment(addr: str, port: int, rank: int) -> None:
+    """DeepSpeed's CPU all-reduce gives each rank a 69 MB shared-memory segment,
+    /dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>, and never unlinks it:
+    every learner rank ever started kept 69 MB of RAM until reboot (measured: 298 segments, 20 GB of
+    /dev/shm, after a day of runs and tests on one machine, and Ray's memory monitor then killed a
+    rollout worker). Once init_distributed has returned on every rank (a barrier), each rank has mapped
+    every segment; removing the name keeps the memory mapped for the live ranks and frees it when
+    they exit, killed or not."""
+    path = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def free_port() -> int:

@@ -4,8 +4,8 @@ tiny Qwen3 (fp32, CPU, gloo).
 Checked: the value model starts from the policy's checkpoint (backbone equal, a new scalar head) and
 gives one value per response token; trained towards fixed returns its value loss falls and it comes
 to explain most of their variance; two ranks (ZeRO-2) compute the update one rank does (loss and
-gradient norm per step within 1e-4 relative: the reductions only sum in another order); a saved
-checkpoint restores the critic exactly.
+gradient norm per step within 1e-4 relative: the reductions only sum in another order) and leave
+no shared-memory segment behind; a saved checkpoint restores the critic exactly.
 """
 
 from __future__ import annotations
@@ -132,8 +132,14 @@ def test_checkpoint_restores_the_critic(one_rank, tmp_path):
 
 
 def test_two_ranks_equal_one_rank(one_rank, ray_cluster, tiny_model_dir):
+    """Also: DeepSpeed's CPU all-reduce segments in /dev/shm (69 MB per rank, never unlinked by
+    DeepSpeed) are gone once the group is built, and its all-reduces still work (the ranks agree)."""
+    import glob
+
+    before = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
     two = make_critic(tiny_model_dir, 2)
     try:
+        assert set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*")) - before == set()
         m2 = train(two, batch_with_returns(), 3)
     finally:
         two.shutdown()
