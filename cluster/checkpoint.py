@@ -37,6 +37,23 @@ CRITIC_DIR = "critic"  # in a checkpoint: PPO's value model (DeepSpeed), beside 
 WARM_STARTED = "warm_started"
 
 
+def warm_started_reference(run: Any) -> Optional[Path]:
+    """The HF directory a resumed run's or rebuilt learner's reference model loads (RUN_DIR/warm_started),
+    None when the run has no warm start (its reference is model.path) or no reference at all. Raises
+    when it should exist and does not (a run checkpointed by a version that did not export it)."""
+    from learner.train_step import uses_reference
+
+    if run.cfg.trainer.warm_start.steps <= 0 or not uses_reference(run.cfg.algorithm):
+        return None
+    warm = run.dir / WARM_STARTED
+    if not (warm / "config.json").exists():
+        raise FileNotFoundError(
+            f"{warm} is missing: the reference model (KL term, DPO) is the warm-started policy, which relayrl "
+            f"exports there after the warm start; a run started by an older version has none and cannot resume "
+            f"with its reference (start it again, or set trainer.warm_start.steps=0 to use model.path as the reference)")
+    return warm
+
+
 def restore(run: Any, path: Path) -> LoopState:
     """Load checkpoint `path` into the run's learner and the driver's RNG; its loop state."""
     saved = Checkpointer.load_state(path)

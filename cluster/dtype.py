@@ -99,7 +99,8 @@ def resolve_run_dtypes(cfg, flags: Optional[frozenset[str]] = None):
     lines = [f"dtype: rollout {cfg.rollout.dtype}, learner {cfg.learner.dtype} ({choice.reason})"]
     if choice.warning:
         lines.append(f"WARNING: {choice.warning}")
-    for side, value in (("rollout", cfg.rollout.dtype), ("learner", cfg.learner.dtype)):
+    for side, value in (("rollout", cfg.rollout.dtype), ("learner", cfg.learner.dtype),
+                        ("critic.learner", cfg.critic.learner.dtype)):
         if value == "bfloat16" and choice.dtype != "bfloat16" and choice.warning is None:
             native, why = native_bf16(cfg.cluster.device, flags)
             if not native:

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Optional
 
 from actors.types import Group
 from cluster.actor_group import ActorLost
-from cluster.checkpoint import WARM_STARTED, Checkpointer, LoopState, restore
-from learner.train_step import uses_reference
+from cluster.checkpoint import Checkpointer, LoopState, restore, warm_started_reference
 
 if TYPE_CHECKING:
     from cluster.metrics import MetricsLogger
@@ -78,8 +77,8 @@ class LearnerRecovery:
         with run.sync.lock:
             run.learner.shutdown(lost=True)
             run.learner = run.sync.learner = start_learner(run.cfg, run.model_path, run.colocation)
-            warm = run.dir / WARM_STARTED
-            if uses_reference(run.cfg.algorithm) and (warm / "config.json").exists():
+            warm = warm_started_reference(run)
+            if warm is not None:
                 run.learner.reset_reference(str(warm))  # the reference is the warm-started policy, not model.path
             state = restore(run, path)
             run.sync.setup()

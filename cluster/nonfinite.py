@@ -28,14 +28,15 @@ def count_nonfinite(state: Any, step: int, learn: dict[str, Any], batch: Learner
     """Count a step's skipped updates into `state` (its nonfinite_streak / nonfinite_skipped, which
     the checkpoint keeps) and `learn` (learner/nonfinite_skipped_total); a skipped step's batch is
     saved and reported. Raises NonFiniteSteps when the streak reaches `limit` (0 = never)."""
-    skipped = int(learn.get("learner/nonfinite_skipped", 0))
+    # PPO: the critic's skipped updates count in the same streak (learner.max_nonfinite_steps)
+    skipped = int(learn.get("learner/nonfinite_skipped", 0)) + int(learn.get("critic/nonfinite_skipped", 0))
     state.nonfinite_skipped += skipped
     state.nonfinite_streak = state.nonfinite_streak + 1 if skipped else 0
     learn["learner/nonfinite_skipped_total"] = float(state.nonfinite_skipped)
     if not skipped:
         return
     path = save_batch(batch, run_dir, step)
-    what = (f"step {step}: {skipped} learner update(s) skipped, non-finite loss or gradient "
+    what = (f"step {step}: {skipped} learner/critic update(s) skipped, non-finite loss or gradient "
             f"({describe_nonfinite(batch)}); batch saved to {path}")
     if limit and state.nonfinite_streak >= limit:
         raise NonFiniteSteps(

@@ -33,11 +33,11 @@ def start_critic(run: Any, warm_started: str | None) -> str:
     critic.model_path, else from the warm-started policy's export (`warm_started`), else from the
     policy's model directory. A resumed run loads the critic's checkpoint over it."""
     from cluster.learner_group import CriticGroup
+    from cluster.run_setup import optimizer_steps
 
     cfg = run.cfg
     source, t0 = cfg.critic.model_path or warm_started or run.model_path, time.perf_counter()
-    optimizer_steps = cfg.trainer.total_steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
-    run.critic = CriticGroup(source, cfg.critic.learner, cfg.algorithm, optimizer_steps, cfg.critic.value_clip,
+    run.critic = CriticGroup(source, cfg.critic.learner, cfg.algorithm, optimizer_steps(cfg), cfg.critic.value_clip,
                              device=cfg.cluster.device)
     return (f"critic: {len(run.critic)} rank(s) (ZeRO-{cfg.critic.learner.zero_stage}, {cfg.critic.learner.dtype}), "
             f"value model from {source}, built in {time.perf_counter() - t0:.1f}s")

@@ -140,7 +140,8 @@ def split_cores_for_critic(cfg: RunConfig, async_split: bool = False) -> str | N
         cfg.learner.threads_per_rank, critic.cpu_cores, critic.threads_per_rank = 1, cores, 1
     else:
         cfg.learner.cpu_cores, critic.cpu_cores = cores[:half], cores[half:]
-        cfg.learner.threads_per_rank = max(1, half // cfg.learner.num_ranks)
+        if async_split or not cfg.learner.threads_per_rank:  # the user's own value stays (sync)
+            cfg.learner.threads_per_rank = max(1, half // cfg.learner.num_ranks)
         critic.threads_per_rank = critic.threads_per_rank or max(1, (len(cores) - half) // critic.num_ranks)
     return (f"PPO on one CPU machine: learner ranks on cores {cfg.learner.cpu_cores}, critic ranks on cores "
             f"{critic.cpu_cores} (they train at the same time; learner.cpu_cores / critic.learner.cpu_cores override)")
@@ -181,12 +182,33 @@ def record_placement(run_dir: Path, groups: dict[str, Any]) -> str:
     return placement_line(where)
 
 
+def check_value_model(cfg: RunConfig, model_path: str) -> None:
+    """PPO: the critic is the model's architecture with a scalar head (transformers' *ForTokenClassification);
+    refuse, before any actor starts, an architecture transformers has no such class for."""
+    from learner.algorithms.advantages import NEEDS_CRITIC
+
+    if cfg.algorithm.advantage.name not in NEEDS_CRITIC:
+        return
+    from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES
+
+    path = Path(cfg.critic.model_path or model_path).expanduser()
+    model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
+    if model_type not in MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES:
+        raise ConfigError(f"algorithm.advantage.name=gae: the critic is {path}'s architecture with a value head, and "
+                          f"transformers has no token-classification model for model_type {model_type!r}: set "
+                          f"critic.model_path to a model of a supported type, or use a group estimator (grpo, rloo, ...)")
+
+
+def optimizer_steps(cfg: RunConfig) -> int:
+    """The RL optimizer steps of a run, which the LR schedules (policy and critic) span."""
+    return cfg.trainer.total_steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
+
+
 def start_learner(cfg: RunConfig, model_path: str, colocation: Any = None) -> Any:
     """The learner group (placed, then built): at start-up, and again when a rank died."""
     from cluster.learner_group import LearnerGroup
 
-    optimizer_steps = cfg.trainer.total_steps * cfg.algorithm.epochs * cfg.algorithm.mini_batches
-    return LearnerGroup(model_path, cfg.learner, cfg.algorithm, total_steps=optimizer_steps,
+    return LearnerGroup(model_path, cfg.learner, cfg.algorithm, total_steps=optimizer_steps(cfg),
                         temperature=cfg.rollout.sampling.temperature, device=cfg.cluster.device, colocation=colocation)
 
 
@@ -212,6 +234,7 @@ def start_run(cfg: RunConfig) -> Run:
         check_model_dir(cfg.reward.model_path, need_safetensors=False, field="reward.model_path")
     if cfg.critic.model_path:
         check_model_dir(cfg.critic.model_path, field="critic.model_path")
+    check_value_model(cfg, model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     ws = cfg.trainer.warm_start
     fmt = prompt_format_from_config(cfg.data, required=(ws.target_key,) if ws.steps > 0 else (),

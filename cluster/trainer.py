@@ -23,7 +23,7 @@ import torch
 from actors.buffer import GroupBuffer
 from cluster.batching import groups_to_batch, reward_weights, sft_batch, sft_examples
 from cluster.actor_group import ActorLost
-from cluster.checkpoint import WARM_STARTED, Checkpointer, LoopState, restore, rng_state
+from cluster.checkpoint import WARM_STARTED, Checkpointer, LoopState, restore, rng_state, warm_started_reference
 from cluster.config import RunConfig
 from cluster.evaluation import evaluate, rollout_stats
 from cluster.learner_recovery import LearnerRecovery
@@ -179,10 +179,7 @@ def start_from_warm_start(run: Run, logger: MetricsLogger, fresh: bool) -> None:
     if warm is not None and fresh and (reference or needs_critic(cfg)):
         run.learner.export_hf(str(warm), run.model_path)
     if warm is not None and reference:
-        if not fresh and not (warm / "config.json").exists():
-            raise FileNotFoundError(f"{warm} is missing: the reference model of this run is its warm-started policy, "
-                                    f"exported there when the run started; the run cannot resume without it")
-        run.learner.reset_reference(None if fresh else str(warm))
+        run.learner.reset_reference(None if fresh else str(warm_started_reference(run)))
     if needs_critic(cfg):  # PPO: built now, so that it can start from the warm-started policy
         logger.print(start_critic(run, str(warm) if warm is not None else None))
 

@@ -87,7 +87,7 @@ def preference_setup(cfg: RunConfig) -> Optional[str]:
         return "algorithm.dpo runs with trainer.mode sync (online: pairs from each step's groups) or offline"
     if cfg.rollout.env.name or cfg.checkpoint.resume:
         return ("algorithm.dpo is not built for multi-turn trajectories (rollout.env) nor for resuming "
-                "(checkpoint.resume: the reference, the warm-started policy, is not in the checkpoint)")
+                "(checkpoint.resume: the offline pair order and a resumed DPO run are untested)")
     if mode != "offline" and d.pairs == "best_worst" and cfg.rollout.n < 2:
         return "online DPO pairs samples of one group: set rollout.n >= 2"
     return None
@@ -122,6 +122,15 @@ def environment_usable(cfg: RunConfig) -> Optional[str]:
     return None
 
 
+# learner knobs the critic group does not use (critic.learner is a LearnerConfig)
+CRITIC_UNUSED = {
+    "max_restarts": "a dead critic rank stops the run; a policy rank's death rebuilds both from the checkpoint",
+    "max_nonfinite_steps": "the critic's skipped updates count in learner.max_nonfinite_steps",
+    "moe_aux_loss_coef": "the value model computes no router balance loss",
+    "routing_replay": "the value model does not replay the sampler's routing",
+}
+
+
 @check
 def critic_setup(cfg: RunConfig) -> Optional[str]:
     """PPO with a critic (algorithm.advantage.name=gae): what it combines with, and the critic's group."""
@@ -150,6 +159,17 @@ def critic_setup(cfg: RunConfig) -> Optional[str]:
                 f"algorithm.mini_batches={m}: make prompts_per_step x group size a multiple of {le.num_ranks * m}")
     if cfg.cluster.device == "cpu" and le.gpus_per_rank > 0:
         return "critic.learner.gpus_per_rank > 0 with cluster.device=cpu: set cluster.device=cuda or gpus_per_rank=0"
+    if cfg.cluster.device == "cpu" and le.optimizer.name == "fused_adam":
+        return "critic.learner.optimizer.name=fused_adam is a CUDA kernel: use adamw or cpu_adam with cluster.device=cpu"
+    default = type(le)()
+    unused = [f"critic.learner.{k}={getattr(le, k)!r}" for k, why in CRITIC_UNUSED.items()
+              if getattr(le, k) != getattr(default, k)]
+    if unused:
+        return (f"{', '.join(unused)}: not used by the critic ("
+                + "; ".join(f"{k}: {why}" for k, why in CRITIC_UNUSED.items()) + "): remove it")
+    if a.kl_in_reward and cfg.trainer.mode == "async":
+        return ("algorithm.kl_in_reward measures the KL of the weights that sampled the batch, which in async mode "
+                "the learner no longer holds: use trainer.mode=sync, or the KL term in the loss (kl_in_reward=false)")
     if cfg.cluster.device == "cuda" and le.gpus_per_rank <= 0:
         return "cluster.device=cuda but critic.learner.gpus_per_rank=0: give each critic rank a GPU"
     if le.offload_params and le.zero_stage != 3:
@@ -304,11 +324,15 @@ def colocation_pairs(cfg: RunConfig) -> Optional[str]:
 
 @check
 def offload_needs_zero(cfg: RunConfig) -> Optional[str]:
-    le = cfg.learner
-    if le.offload_params and le.zero_stage != 3:
-        return f"learner.offload_params partitions parameters, which only ZeRO-3 does: set learner.zero_stage=3 (is {le.zero_stage})"
-    if le.offload_optimizer and le.zero_stage == 0:
-        return "learner.offload_optimizer moves ZeRO's optimizer state, and zero_stage=0 has none: set zero_stage >= 1"
+    groups = [("learner", cfg.learner)] + ([("critic.learner", cfg.critic.learner)]
+                                           if cfg.algorithm.advantage.name in NEEDS_CRITIC else [])
+    for name, le in groups:
+        if le.offload_params and le.zero_stage != 3:
+            return (f"{name}.offload_params partitions parameters, which only ZeRO-3 does: set {name}.zero_stage=3 "
+                    f"(is {le.zero_stage})")
+        if le.offload_optimizer and le.zero_stage == 0:
+            return (f"{name}.offload_optimizer moves ZeRO's optimizer state, and zero_stage=0 has none: "
+                    f"set {name}.zero_stage >= 1")
     return None
 
 

@@ -65,6 +65,8 @@ def critic_on_batch(eng, batch: LearnerBatch, algo: AlgorithmConfig, value_clip:
         raise ValueError("a critic step needs batch.values and batch.returns (cluster/ppo.py fills them)")
     t0 = time.perf_counter()
     M = algo.mini_batches
+    if len(batch) % M:
+        raise ValueError(f"shard of {len(batch)} sequences does not split into {M} mini-batches")
     R, per_mb = batch.loss_token_counts(), len(batch) // M
     trained = [i for i in range(len(batch)) if bool(batch.loss_mask[i]) and R[i] > 0]
     mini = [[i for i in trained if m * per_mb <= i < (m + 1) * per_mb] for m in range(M)]
@@ -107,7 +109,7 @@ class CriticRank(LearnerRank):
     """One data-parallel rank of the critic group: a LearnerRank whose model is the value model
     (no reference model, no weight broadcast). Public calls: values, critic_step, checkpoints."""
 
-    def build(self, *args, value_clip: Optional[float] = 0.2, **kwargs):
+    def build(self, *args, value_clip: Optional[float], **kwargs):
         self.value_clip = value_clip
         super().build(*args, **kwargs)
 

@@ -34,8 +34,9 @@ def rows(run_dir, kind="train"):
     return [r for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
-def test_ppo_trains_policy_and_critic_and_resumes_exactly(tmp_path):
+def test_ppo_trains_policy_and_critic_and_resumes_exactly(tmp_path, capsys):
     full = train(ppo_config(tmp_path, "full", "weight_sync.verify_every=1"))
+    assert f"value model from {full}/warm_started" in capsys.readouterr().out  # the critic: the warm-started policy
     steps = rows(full)
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
     for r in steps:
