@@ -65,11 +65,7 @@ def critic_on_batch(eng, batch: LearnerBatch, algo: AlgorithmConfig, value_clip:
         raise ValueError("a critic step needs batch.values and batch.returns (cluster/ppo.py fills them)")
     t0 = time.perf_counter()
     M = algo.mini_batches
-    if len(batch) % M:
-        raise ValueError(f"shard of {len(batch)} sequences does not split into {M} mini-batches")
-    R, per_mb = batch.loss_token_counts(), len(batch) // M
-    trained = [i for i in range(len(batch)) if bool(batch.loss_mask[i]) and R[i] > 0]
-    mini = [[i for i in trained if m * per_mb <= i < (m + 1) * per_mb] for m in range(M)]
+    _, mini = steps.mini_batch_split(batch, M)
     m_ = steps.Metrics()
     updates = [_update(eng, batch, mini[m], value_clip, algo.epochs * M, m_) for _ in range(algo.epochs)
                for m in range(M)]

@@ -172,15 +172,21 @@ def score(eng: Engine, batch: LearnerBatch, idx: Sequence[int], *, reference: bo
 
 # ---- the RL update ----------------------------------------------------------------------------
 
-def train_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> dict[str, float]:
-    """epochs x mini_batches optimizer steps on this rank's shard (laid out by LearnerBatch.shard)."""
-    t_start = time.perf_counter()
-    M = algo.mini_batches
+def mini_batch_split(batch: LearnerBatch, M: int) -> tuple[list[int], list[list[int]]]:
+    """(the sequences that take loss, their split into M mini-batches) of this rank's shard, laid out
+    by LearnerBatch.shard: mini-batch m is the m-th contiguous slice (the policy's and the critic's update)."""
     if len(batch) % M:
         raise ValueError(f"shard of {len(batch)} sequences does not split into {M} mini-batches")
     R, per_mb = batch.loss_token_counts(), len(batch) // M
     trained = [i for i in range(len(batch)) if bool(batch.loss_mask[i]) and R[i] > 0]
-    mini = [[i for i in trained if m * per_mb <= i < (m + 1) * per_mb] for m in range(M)]
+    return trained, [[i for i in trained if m * per_mb <= i < (m + 1) * per_mb] for m in range(M)]
+
+
+def train_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> dict[str, float]:
+    """epochs x mini_batches optimizer steps on this rank's shard (laid out by LearnerBatch.shard)."""
+    t_start = time.perf_counter()
+    M = algo.mini_batches
+    trained, mini = mini_batch_split(batch, M)
     m_ = Metrics()
 
     reuse = algo.epochs * M > 1  # else the first forward IS the old policy: old = logp.detach()
