@@ -7,7 +7,8 @@ learner's model keeps computing its logits and softmax as usual, but the experts
 expert block are the recorded ones, and their gating weights are the learner's own probabilities
 of those experts (renormalised over the k when the model does): the forward computes with the
 sampler's expert choice, and the router still gets gradients through the gating weights — as
-verl, slime and Megatron do it. Tokens without a record (the last token of a sequence, which the
+verl, slime and Megatron do it. The weights are handed over in fp32, as the inference engine's MoE
+kernels use them (transformers' router rounds them to the model's dtype first). Tokens without a record (the last token of a sequence, which the
 engine never fed to the model; padding) keep the learner's own routing: their outputs never reach
 a trained logprob.
 
@@ -197,7 +198,10 @@ class RouterHooks:
             self._checked.add(layer)
         rec = ctx.routing[:, layer].to(indices.device)
         chosen = torch.where(ctx.valid.to(indices.device)[:, None], rec, indices.long())
-        return logits, gating_weights(module, logits, chosen).to(scores.dtype), chosen.to(indices.dtype)
+        # The gating weights stay fp32, as vLLM's MoE kernels take them (its CPU and CUDA paths read
+        # fp32 top-k weights): with bf16 weights the experts' outputs are scaled by a rounded weight, and
+        # transformers' expert functions then sum in fp32 and round once, as the engine does.
+        return logits, gating_weights(module, logits, chosen), chosen.to(indices.dtype)
 
     def _experts_in(self, layer: int, args: tuple) -> None:
         ctx = self._ctx

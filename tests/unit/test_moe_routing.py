@@ -188,3 +188,34 @@ def test_replay_refuses_a_router_it_does_not_reproduce(moe_model):
                 response_logprobs(moe_model, mb)
     finally:
         del router.forward
+
+
+def test_replayed_gating_weights_reach_the_experts_in_fp32(moe_model):
+    """In a bf16 model transformers' router rounds its gating weights to bf16; replay hands the experts
+    the fp32 softmax-then-gather weights (as vLLM's MoE kernels use them), not a rounded copy."""
+    import copy
+
+    model = copy.deepcopy(moe_model).to(torch.bfloat16)
+    hooks = RouterHooks(model, replay=True)
+    seqs, plens = _batch()
+    mb = collate(seqs, plens, [0, 1], _own_routing(model, hooks, seqs, plens))
+    seen: list[torch.Tensor] = []
+    logits: list[torch.Tensor] = []
+    for router, experts in hooks.pairs:
+        router.register_forward_hook(lambda m, i, o: logits.append(o[0].detach()))
+        experts.register_forward_pre_hook(lambda m, args: seen.append(args[2].detach()))
+    with torch.no_grad():
+        response_logprobs(model, mb)  # no replay: the model's own (bf16) weights
+        plain = [w.clone() for w in seen]
+        seen.clear(), logits.clear()
+        with hooks.micro_batch(mb, measure=False, replay=True):
+            response_logprobs(model, mb)
+    assert all(w.dtype == torch.bfloat16 for w in plain)
+    assert len(seen) == hooks.layers and all(w.dtype == torch.float32 for w in seen)
+    for w, lg, own in zip(seen, logits, plain):
+        probs = torch.softmax(lg.float(), -1)
+        top = probs.topk(hooks.top_k, -1)
+        expected = top.values / top.values.sum(-1, keepdim=True)
+        rows = mb.input_ids.numel()
+        torch.testing.assert_close(w[:rows], expected[:rows], rtol=0, atol=0)
+        assert not torch.equal(w, own.float())  # the bf16 rounding is gone
