@@ -10,7 +10,7 @@ Arms (each: the demo's warm start, then --steps RL steps of its config, model.dt
 Per step the learner recomputes the sampling policy's logprobs (mini_batches=2), which gives the
 learner-vs-sampler gap (learner/old_sampler_logprob_diff_mean/max) and, for MoE, the agreement of
 its own top-k with the recorded one (moe/routing_agreement) and of the experts actually used
-(moe/used_routing_agreement). Reported: medians over steps (and rounds), and the step-time median.
+(moe/used_routing_agreement). Reported: medians over steps (and rounds), each round's median (the spread), and the step-time median.
 bf16 is where the engines' routing disagree (fp32 agrees to ~1.0); on an AVX2-only machine bf16 is
 ~3x slower than fp32 (STACK-NOTES), so expect the run to take longer there.
 
@@ -72,6 +72,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     per_arm: dict[str, dict[str, list[float]]] = {a: {k: [] for k in KEYS} for a in ARMS}
+    per_round: dict[str, dict[str, list[float]]] = {a: {k: [] for k in KEYS} for a in ARMS}  # each round's median
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
             order = list(ARMS) if rnd % 2 == 0 else list(reversed(ARMS))  # sides alternated
@@ -79,13 +80,19 @@ def main() -> int:
                 res = run(arm, args.steps, args.dtype, Path(tmp) / f"r{rnd}")
                 for k, v in res["steps"].items():
                     per_arm[arm][k] += v
+                    if v:
+                        per_round[arm][k].append(statistics.median(v))
                 print(f"round {rnd + 1} {arm}: {res['seconds']:.0f}s", flush=True)
     summary = {arm: {k: statistics.median(v) for k, v in vals.items() if v} for arm, vals in per_arm.items()}
     for arm, s in summary.items():
-        print(f"{arm:>8}: " + ", ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in s.items()))
+        print(f"{arm:>8}: " + ", ".join(
+            f"{k.split('/')[-1]} {v:.4g} (rounds {min(per_round[arm][k]):.4g}-{max(per_round[arm][k]):.4g})"
+            for k, v in s.items()))
     RESULTS.mkdir(exist_ok=True)
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "dtype": args.dtype, "steps": args.steps,
-           "rounds": args.rounds, "median": summary, "per_step": per_arm}
+           "rounds": args.rounds, "median": summary,
+           "round_medians": {a: {k: v for k, v in vals.items() if v} for a, vals in per_round.items()},
+           "per_step": per_arm}
     (RESULTS / "moe_replay.json").write_text(json.dumps(out, indent=1))
     print(f"wrote {RESULTS / 'moe_replay.json'}")
     return 0
