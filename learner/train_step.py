@@ -385,11 +385,14 @@ def sft_on_batch(eng: Engine, batch: LearnerBatch, lr: Optional[float] = None) -
     m_ = Metrics()
     for mb_idx in plan:
         mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx, batch.routed_experts, batch.token_masks)
-        lp, _, _ = eng.forward(mb, grad=True, temperature=1.0)
+        lp, _, aux = eng.forward(mb, grad=True, temperature=1.0)
         mask = mb.train_mask.to(lp.device)
         loss = torch.where(mask, -lp, torch.zeros_like(lp)).sum() / max(g_tokens, 1.0)
-        eng.backward(poison_nonfinite(loss) * eng.world_size)
         m_.add("sft/loss", loss.item())
+        if aux is not None:  # MoE router balance loss (learner.moe_aux_loss_coef), as in the RL step
+            loss = loss + eng.aux_loss_coef() * aux / (len(plan) * eng.world_size)
+            m_.mean("sft/moe_aux_loss", aux.item(), 1.0)
+        eng.backward(poison_nonfinite(loss) * eng.world_size)
         m_.add("sft/tokens", float(mask.sum()))
     grad_norm, used_lr, applied = eng.optimizer_step(lr=lr, advance_schedule=False)
     m_.mean("sft/padding_waste", waste, 1.0)

@@ -207,7 +207,8 @@ def test_replayed_gating_weights_reach_the_experts_in_fp32(moe_model):
     with torch.no_grad():
         response_logprobs(model, mb)  # no replay: the model's own (bf16) weights
         plain = [w.clone() for w in seen]
-        seen.clear(), logits.clear()
+        seen.clear()
+        logits.clear()
         with hooks.micro_batch(mb, measure=False, replay=True):
             response_logprobs(model, mb)
     assert all(w.dtype == torch.bfloat16 for w in plain)
@@ -219,3 +220,59 @@ def test_replayed_gating_weights_reach_the_experts_in_fp32(moe_model):
         rows = mb.input_ids.numel()
         torch.testing.assert_close(w[:rows], expected[:rows], rtol=0, atol=0)
         assert not torch.equal(w, own.float())  # the bf16 rounding is gone
+
+
+def test_warm_start_adds_the_router_balance_loss(moe_model):
+    """learner.moe_aux_loss_coef > 0: the supervised warm start's loss gains coef x the router
+    balance loss, as the RL step's does (it used to be computed and dropped); sft/loss stays the
+    cross-entropy."""
+    import copy
+
+    from learner.batch import LearnerBatch
+    from learner.train_step import sft_on_batch
+
+    class OneRank:  # the Engine surface sft_on_batch uses, one rank, no DeepSpeed, no optimizer step
+        world_size, micro_batch_tokens, temperature = 1, 10_000, 1.0
+
+        def __init__(self, coef):
+            self.model, self.coef = copy.deepcopy(moe_model), coef
+            self.model.config.router_aux_loss_coef = coef
+
+        def forward(self, mb, *, grad, entropy_grad=False, reference=False, temperature=None, measure_routing=False):
+            with torch.set_grad_enabled(grad):
+                return response_logprobs(self.model, mb, 1.0, router_aux_loss=self.coef > 0)
+
+        def backward(self, loss):
+            loss.backward()
+
+        def optimizer_step(self, lr=None, advance_schedule=True):
+            return 0.0, 0.0, True
+
+        def all_reduce(self, t, op="sum"):
+            return t
+
+        def aux_loss_coef(self):
+            return self.coef
+
+    seqs, plens = _batch()
+    n = len(seqs)
+    batch = LearnerBatch(seqs, plens, [torch.zeros(len(s) - p) for s, p in zip(seqs, plens)], torch.zeros(n),
+                         torch.zeros(n), torch.arange(n), torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.bool))
+    plain, balanced = OneRank(0.0), OneRank(0.5)
+    m0, m1 = sft_on_batch(plain, batch), sft_on_batch(balanced, batch)
+    assert m1["sft/loss"] == pytest.approx(m0["sft/loss"], rel=1e-6)  # the cross-entropy alone
+    assert "sft/moe_aux_loss" not in m0 and m1["sft/moe_aux_loss"] > 0
+    # the gradient difference is 0.5 x the gradient of the balance loss of the same forward
+    probe = copy.deepcopy(moe_model)
+    mb = collate(seqs, plens, [0, 1])
+    _, _, aux = response_logprobs(probe, mb, 1.0, router_aux_loss=True)
+    aux.backward()
+    assert aux.item() == pytest.approx(m1["sft/moe_aux_loss"], rel=1e-6)
+    routers = [name for name, _ in probe.named_parameters() if name.endswith("mlp.gate.weight")]
+    assert routers
+    params = {name: (p0, p1, pa) for (name, p0), (_, p1), (_, pa) in
+              zip(plain.model.named_parameters(), balanced.model.named_parameters(), probe.named_parameters())}
+    for name in routers:
+        p0, p1, pa = params[name]
+        assert pa.grad.abs().max() > 1e-4  # the balance loss moves the router
+        torch.testing.assert_close(p1.grad - p0.grad, 0.5 * pa.grad, rtol=1e-4, atol=1e-7)
