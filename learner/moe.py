@@ -8,9 +8,9 @@ expert block are the recorded ones, and their gating weights are the learner's o
 of those experts (renormalised over the k when the model does): the forward computes with the
 sampler's expert choice, and the router still gets gradients through the gating weights — as
 verl, slime and Megatron do it. The weights are handed over in fp32, as the inference engine's MoE
-kernels use them (transformers' router rounds them to the model's dtype first). Tokens without a record (the last token of a sequence, which the
-engine never fed to the model; padding) keep the learner's own routing: their outputs never reach
-a trained logprob.
+kernels use them (transformers' router rounds them to the model's dtype first). Tokens without a
+record (the last token of a sequence, which the engine never fed to the model; padding) keep the
+learner's own routing: their outputs never reach a trained logprob.
 
 Hooks. A forward hook on each top-k router (transformers 5's `*TopKRouter`: returns
 (logits, top-k weights, top-k indices)) and a forward pre-hook on the expert block beside it, which

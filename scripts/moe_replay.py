@@ -10,7 +10,8 @@ Arms (each: the demo's warm start, then --steps RL steps of its config, model.dt
 Per step the learner recomputes the sampling policy's logprobs (mini_batches=2), which gives the
 learner-vs-sampler gap (learner/old_sampler_logprob_diff_mean/max) and, for MoE, the agreement of
 its own top-k with the recorded one (moe/routing_agreement) and of the experts actually used
-(moe/used_routing_agreement). Reported: medians over steps (and rounds), each round's median (the spread), and the step-time median.
+(moe/used_routing_agreement). Reported: medians over steps (and rounds), each round's median (the
+spread), and the step-time median.
 bf16 is where the engines' routing disagree (fp32 agrees to ~1.0); on an AVX2-only machine bf16 is
 ~3x slower than fp32 (STACK-NOTES), so expect the run to take longer there.
 
