@@ -10,8 +10,10 @@ Arms (each: the demo's warm start, then --steps RL steps of its config, model.dt
 Per step the learner recomputes the sampling policy's logprobs (mini_batches=2), which gives the
 learner-vs-sampler gap (learner/old_sampler_logprob_diff_mean/max) and, for MoE, the agreement of
 its own top-k with the recorded one (moe/routing_agreement) and of the experts actually used
-(moe/used_routing_agreement). Reported: medians over steps (and rounds), each round's median (the
-spread), and the step-time median.
+(moe/used_routing_agreement). Round r runs every arm with seed r (trainer.seed and data.seed; a run
+is deterministic for a seed, so repeating one seed measures nothing): another warm start, other
+samples. Reported: medians over steps and rounds, each round's median (the spread over seeds), and
+the step-time median.
 bf16 is where the engines' routing disagree (fp32 agrees to ~1.0); on an AVX2-only machine bf16 is
 ~3x slower than fp32 (STACK-NOTES), so expect the run to take longer there.
 
@@ -51,12 +53,13 @@ def machine() -> str:
     return f"{platform.machine()} {isa}"
 
 
-def run(arm: str, steps: int, dtype: str, workdir: Path) -> dict:
+def run(arm: str, steps: int, dtype: str, seed: int, workdir: Path) -> dict:
     config, extra = ARMS[arm]
     run_dir = workdir / arm
-    over = [*extra, f"model.dtype={dtype}", f"trainer.total_steps={steps}", "trainer.eval_every=0",
-            "trainer.eval_max_prompts=1", f"logging.run_dir={run_dir}", "logging.progress=false",
-            "checkpoint.export_hf=false", "logging.dump_samples_every=0", "weight_sync.verify_every=0"]
+    over = [*extra, f"model.dtype={dtype}", f"trainer.seed={seed}", f"data.seed={seed}",
+            f"trainer.total_steps={steps}", "trainer.eval_every=0", "trainer.eval_max_prompts=1",
+            f"logging.run_dir={run_dir}", "logging.progress=false", "checkpoint.export_hf=false",
+            "logging.dump_samples_every=0", "weight_sync.verify_every=0"]
     t0 = time.perf_counter()
     done = subprocess.run([str(Path(sys.executable).with_name("relayrl")), "train", config, *over],
                           cwd=ROOT, capture_output=True, text=True)
@@ -78,12 +81,12 @@ def main() -> int:
         for rnd in range(args.rounds):
             order = list(ARMS) if rnd % 2 == 0 else list(reversed(ARMS))  # sides alternated
             for arm in order:
-                res = run(arm, args.steps, args.dtype, Path(tmp) / f"r{rnd}")
+                res = run(arm, args.steps, args.dtype, rnd, Path(tmp) / f"r{rnd}")
                 for k, v in res["steps"].items():
                     per_arm[arm][k] += v
                     if v:
                         per_round[arm][k].append(statistics.median(v))
-                print(f"round {rnd + 1} {arm}: {res['seconds']:.0f}s", flush=True)
+                print(f"round {rnd + 1} (seed {rnd}) {arm}: {res['seconds']:.0f}s", flush=True)
     summary = {arm: {k: statistics.median(v) for k, v in vals.items() if v} for arm, vals in per_arm.items()}
     for arm, s in summary.items():
         print(f"{arm:>8}: " + ", ".join(
