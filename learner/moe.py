@@ -7,8 +7,9 @@ learner's model keeps computing its logits and softmax as usual, but the experts
 expert block are the recorded ones, and their gating weights are the learner's own probabilities
 of those experts (renormalised over the k when the model does): the forward computes with the
 sampler's expert choice, and the router still gets gradients through the gating weights — as
-verl, slime and Megatron do it. The weights are handed over in fp32, as the inference engine's MoE
-kernels use them (transformers' router rounds them to the model's dtype first). Tokens without a
+verl, slime and Megatron do it. The weights are handed over in fp32, as vLLM's CUDA top-k kernel
+computes them (transformers' router rounds them to the model's dtype first; vLLM's CPU router takes
+a softmax of the bf16 top-k logits, so its weights are bf16-rounded: README "MoE"). Tokens without a
 record (the last token of a sequence, which the engine never fed to the model; padding) keep the
 learner's own routing: their outputs never reach a trained logprob.
 
@@ -198,9 +199,9 @@ class RouterHooks:
             self._checked.add(layer)
         rec = ctx.routing[:, layer].to(indices.device)
         chosen = torch.where(ctx.valid.to(indices.device)[:, None], rec, indices.long())
-        # The gating weights stay fp32, as vLLM's MoE kernels take them (its CPU and CUDA paths read
-        # fp32 top-k weights): with bf16 weights the experts' outputs are scaled by a rounded weight, and
-        # transformers' expert functions then sum in fp32 and round once, as the engine does.
+        # The gating weights stay fp32, as vLLM's CUDA top-k kernel computes them (its CPU router
+        # rounds them to bf16 first; measured: no consistent difference here, README "MoE"); the
+        # expert outputs are scaled by them, summed in fp32 and rounded once, as the engine does.
         return logits, gating_weights(module, logits, chosen), chosen.to(indices.dtype)
 
     def _experts_in(self, layer: int, args: tuple) -> None:

@@ -192,7 +192,7 @@ def test_replay_refuses_a_router_it_does_not_reproduce(moe_model):
 
 def test_replayed_gating_weights_reach_the_experts_in_fp32(moe_model):
     """In a bf16 model transformers' router rounds its gating weights to bf16; replay hands the experts
-    the fp32 softmax-then-gather weights (as vLLM's MoE kernels use them), not a rounded copy."""
+    the fp32 softmax-then-gather weights (as vLLM's CUDA top-k kernel computes them), not a rounded copy."""
     import copy
 
     model = copy.deepcopy(moe_model).to(torch.bfloat16)
