@@ -257,7 +257,8 @@ def test_warm_start_adds_the_router_balance_loss(moe_model):
     seqs, plens = _batch()
     n = len(seqs)
     batch = LearnerBatch(seqs, plens, [torch.zeros(len(s) - p) for s, p in zip(seqs, plens)], torch.zeros(n),
-                         torch.zeros(n), torch.arange(n), torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.bool))
+                         torch.zeros(n), torch.arange(n), torch.zeros(n, dtype=torch.long),
+                         torch.ones(n, dtype=torch.bool))
     plain, balanced = OneRank(0.0), OneRank(0.5)
     m0, m1 = sft_on_batch(plain, batch), sft_on_batch(balanced, batch)
     assert m1["sft/loss"] == pytest.approx(m0["sft/loss"], rel=1e-6)  # the cross-entropy alone
