@@ -31,6 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "bench")]
 from actors.tasks.arithmetic import preference_pairs, write_jsonl  # noqa: E402
 from cluster.metrics import read_metrics  # noqa: E402
 from machine import describe, one_line  # noqa: E402  (scripts/bench/machine.py)
+from sections import BEGIN, END, write_algorithm_table  # noqa: E402
 
 GRPO = "configs/demo_grpo.yaml"
 DPO = ["algorithm.dpo.enabled=true", "learner.optimizer.lr=1e-3", "algorithm.dpo.nll_coef=1.0"]
@@ -54,7 +55,6 @@ ALGORITHMS = {  # key: (config, overrides)
 }
 # every run: no progress bar (the output is captured), no exported model, no sample dumps
 COMMON = ["logging.progress=false", "checkpoint.export_hf=false", "logging.dump_samples_every=0"]
-BEGIN, END = "<!-- algorithm_table:begin -->", "<!-- algorithm_table:end -->"
 
 
 def git_commit() -> str:
@@ -119,17 +119,6 @@ def table(payload: dict) -> str:
     return "\n".join(lines + [END])
 
 
-def write_section(md: Path, section: str) -> None:
-    """Replace the text between the markers (inclusive); append the section if they are absent."""
-    text = md.read_text(encoding="utf-8") if md.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    md.write_text(text, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=100)
@@ -141,7 +130,7 @@ def main() -> int:
     parser.add_argument("--rewrite", action="store_true", help="only rewrite the BENCHMARKS.md section from --out")
     args = parser.parse_args()
     if args.rewrite:
-        write_section(Path(args.md), table(json.loads(Path(args.out).read_text())))
+        write_algorithm_table(Path(args.md), table(json.loads(Path(args.out).read_text())))
         return 0
     keys = args.only.split(",")
     unknown = [k for k in keys if k not in ALGORITHMS]
@@ -166,7 +155,7 @@ def main() -> int:
             results = {k: results[k] for k in ALGORITHMS if k in results}  # table order
             payload.update(date=r["date"], commit=commit, results=results)
             out.write_text(json.dumps(payload, indent=1))  # after every algorithm: a killed run keeps these
-            write_section(Path(args.md), table(payload))
+            write_algorithm_table(Path(args.md), table(payload))
             if r["status"] == "ok":
                 print(f"{key:>12}: held-out {100 * r['accuracy_before']:.1f}% -> {100 * r['accuracy_after']:.1f}% "
                       f"in {r['steps']} steps, median step {r['median_step_s']:.2f}s, wall {minutes(r['wall_s'])} "
