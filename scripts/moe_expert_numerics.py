@@ -25,7 +25,6 @@ import contextlib
 import json
 import sys
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import learner.moe as moe  # noqa: E402
+from learner.logprobs import collate, response_logprobs, unpad  # noqa: E402
 
 RESULTS = ROOT / "scripts" / "results"
 
@@ -55,18 +55,14 @@ def sample(model_dir: str, prompts: int, n: int, record: bool) -> list:
 
 
 def gaps(model, samples, hooks=None) -> dict[str, float]:
+    """|learner - sampler| logprob of every response token, each sample scored alone as the learner does."""
     out = []
     for s in samples:
-        ids = torch.tensor([s.prompt_ids + s.response_ids])
-        ctx = contextlib.nullcontext()
-        if hooks is not None:
-            mb = types.SimpleNamespace(input_ids=ids, lengths=[ids.shape[1]], index=[0], routed=[s.routed_experts])
-            ctx = hooks.micro_batch(mb, measure=False, replay=True)
+        mb = collate([torch.tensor(s.prompt_ids + s.response_ids)], [len(s.prompt_ids)], [0], [s.routed_experts])
+        ctx = hooks.micro_batch(mb, measure=False, replay=True) if hooks is not None else contextlib.nullcontext()
         with ctx, torch.no_grad():
-            logits = model(input_ids=ids, use_cache=False).logits[0].float()
-        p = len(s.prompt_ids)
-        lp = torch.log_softmax(logits[p - 1:-1], -1).gather(-1, torch.tensor(s.response_ids)[:, None])[:, 0]
-        out.append((lp - torch.tensor(s.logprobs)).abs().numpy())
+            lp, _, _ = response_logprobs(model, mb, 1.0, entropy=False)
+        out.append((unpad(lp, mb)[0] - torch.tensor(s.logprobs)).abs().numpy())
     a = np.concatenate(out)
     return {"mean": float(a.mean()), "median": float(np.median(a)), "p90": float(np.quantile(a, 0.9)),
             "p99": float(np.quantile(a, 0.99)), "tokens": int(a.size)}
