@@ -220,10 +220,18 @@ def node_facts(node_id: str) -> dict[str, Any]:
             "labels": {k: v for k, v in (info.get("Labels") or {}).items() if not k.startswith("ray.io/")}}
 
 
+# How long an actor's error waits for another actor of the call to turn out dead. A collective with a
+# peer that was killed fails at once on the survivors ("Connection reset by peer"), often before Ray
+# has reported the death (about a second); the death, not its symptom, is what recovery acts on.
+DEATH_GRACE_S = 10.0
+
+
 def wait_all(refs: list[ray.ObjectRef], names: list[str], what: str, timeout: float | None,
-             knob: str = "") -> list[Any]:
+             knob: str = "", death_grace_s: float = DEATH_GRACE_S) -> list[Any]:
     """Results of all refs. The first failure is raised as soon as it arrives (a fast error on one
-    side is not hidden behind a slow wait on another); on timeout, the error names who did not answer."""
+    side is not hidden behind a slow wait on another), except that an actor's error first gives the
+    others `death_grace_s` to show that one of them died (then that death is raised, as ActorLost,
+    with the error as its context); on timeout, the error names who did not answer."""
     deadline = None if timeout is None else time.monotonic() + timeout
     pending = list(refs)
     while pending:
@@ -237,4 +245,26 @@ def wait_all(refs: list[ray.ObjectRef], names: list[str], what: str, timeout: fl
             ray.get(ready)  # raises that actor's exception now
         except ray.exceptions.RayActorError as e:
             raise ActorLost(names[refs.index(ready[0])], what, e) from e
+        except Exception as e:
+            lost = _death_among(pending, [names[refs.index(r)] for r in pending], what, death_grace_s)
+            if lost is not None:
+                raise lost from e
+            raise
     return ray.get(refs)
+
+
+def _death_among(refs: list[ray.ObjectRef], names: list[str], what: str, grace_s: float) -> ActorLost | None:
+    """The first of `refs` to fail with its actor's death within grace_s (None: none did; the others
+    finished, failed otherwise, or are still running)."""
+    deadline, pending = time.monotonic() + grace_s, list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return None
+        try:
+            ray.get(ready)
+        except ray.exceptions.RayActorError as e:
+            return ActorLost(names[refs.index(ready[0])], what, e)
+        except Exception:
+            pass  # another symptom
+    return None

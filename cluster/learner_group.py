@@ -10,7 +10,8 @@ Start-up is two-phase because the DeepSpeed rendezvous needs facts only known af
 the actors are placed first (ActorGroup; `LearnerRank()` does no work), then rank 0's node IP and a
 port rank 0 already listens on there (and only there) become MASTER_ADDR/MASTER_PORT, each rank's LOCAL_RANK is its index among the ranks
 on its node, and only then does every rank build its engine (`ActorGroup.build`). A rank that dies
-surfaces as `ActorLost` naming it; the trainer then rebuilds the whole group from the latest
+surfaces as `ActorLost` naming it (also when a survivor's collective fails first: cluster/actor_group.py
+waits DEATH_GRACE_S for the death behind such an error); the trainer then rebuilds the whole group from the latest
 checkpoint (cluster/learner_recovery.py): the survivors are stuck in a collective with the dead.
 """
 

@@ -3,6 +3,8 @@ actor in its bundle, giving up after too many deaths, and naming the actor that 
 
 import os
 import signal
+import threading
+import time
 
 import pytest
 import ray
@@ -64,6 +66,39 @@ def test_a_dead_actor_is_named_replaced_and_too_many_deaths_stop_with_a_report()
             g.replace(0, "and again", max_failures=2, knob="echo.max_restarts")
         assert "echo[1]" in str(err.value) and "killed again" in str(err.value)  # the report lists every death
         assert pids(g)[0] == before[0]  # the refused replacement did not touch actor 0
+    finally:
+        g.shutdown(method=None)
+
+
+def test_an_error_that_is_the_symptom_of_another_actors_death_surfaces_as_that_death():
+    # A collective whose peer was killed fails at once on the survivor, often before Ray reports the
+    # death: the death is what the caller must see (it rebuilds the group), not the survivor's error.
+    g = make(2)
+    try:
+        victim = pids(g)[1]
+        os.kill(victim, signal.SIGSTOP)  # its call stays pending until it is killed
+        refs = [g.actors[0].param_checksum.remote(), g.actors[1].node_info.remote()]  # actor 0: unbuilt, raises
+        ray.wait(refs[:1], timeout=30)
+        threading.Timer(1.0, os.kill, (victim, signal.SIGKILL)).start()  # the death comes after the error
+        with pytest.raises(ActorLost) as lost:
+            wait_all(refs, ["echo[0]", "echo[1]"], "step", 60)
+        assert lost.value.name == "echo[1]"
+        assert "NoneType" in str(lost.value.__cause__)  # the survivor's error is kept as the context
+    finally:
+        g.shutdown(method=None)
+
+
+def test_an_error_with_every_other_actor_alive_is_raised_as_itself_after_the_grace():
+    g = make(2)
+    try:
+        stalled = pids(g)[1]
+        os.kill(stalled, signal.SIGSTOP)  # alive, busy: no death to wait for
+        refs = [g.actors[0].param_checksum.remote(), g.actors[1].node_info.remote()]
+        t0 = time.monotonic()
+        with pytest.raises(ray.exceptions.RayTaskError, match="NoneType"):
+            wait_all(refs, ["echo[0]", "echo[1]"], "step", 60, death_grace_s=2.0)
+        assert 2.0 <= time.monotonic() - t0 < 30  # waited the grace, not the call's timeout
+        os.kill(stalled, signal.SIGCONT)
     finally:
         g.shutdown(method=None)
 
