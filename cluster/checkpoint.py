@@ -37,6 +37,12 @@ CRITIC_DIR = "critic"  # in a checkpoint: PPO's value model (DeepSpeed), beside 
 WARM_STARTED = "warm_started"
 
 
+def warm_started_policy(run: Any) -> Optional[Path]:
+    """RUN_DIR/warm_started, where a run with a warm start exports the warm-started policy when the
+    reference or PPO's critic starts from it (None: no warm start)."""
+    return run.dir / WARM_STARTED if run.cfg.trainer.warm_start.steps > 0 else None
+
+
 def warm_started_reference(run: Any) -> Optional[Path]:
     """The HF directory a resumed run's or rebuilt learner's reference model loads (RUN_DIR/warm_started),
     None when the run has no warm start (its reference is model.path) or no reference at all. Raises

@@ -1,4 +1,4 @@
-"""A learner rank died: rebuild the learner group from the latest checkpoint and redo the steps since.
+"""A learner or critic rank died: rebuild its group from the latest checkpoint and redo the steps since.
 
 The ranks of a DeepSpeed group are bound by collectives: when one dies the others are stuck in (or
 will block at) the next all-reduce. So the whole group is killed and built again — fresh actors and
@@ -13,6 +13,11 @@ is not touched. metrics.jsonl is rewound to the checkpoint (the first attempt's 
 metrics.discarded.jsonl with reason "learner_rebuilt"); a retrained step's row has
 `learner/redone` = 1 and every row the number of rebuilds so far, `learner/rebuilds`.
 
+PPO's critic (cluster/ppo.py) is a second DeepSpeed group restored from the same checkpoint. A dead
+critic rank rebuilds the critic group the same way; the policy's group is alive, but it may already
+hold the step's update, so it reloads the checkpoint too and the rollout workers are pushed its
+weights: both models go back to the same step. A dead policy rank reloads the critic (restore).
+
 Covered: deaths from the first RL step on (the step-0 checkpoint is written after warm start).
 More than learner.max_restarts rebuilds, or no checkpoint to rebuild from, stop the run with a
 report of every death.
@@ -25,13 +30,16 @@ from typing import TYPE_CHECKING, Optional
 
 from actors.types import Group
 from cluster.actor_group import ActorLost
-from cluster.checkpoint import Checkpointer, LoopState, restore, warm_started_reference
+from cluster.checkpoint import Checkpointer, LoopState, restore, warm_started_policy, warm_started_reference
 
 if TYPE_CHECKING:
     from cluster.metrics import MetricsLogger
     from cluster.run_setup import Run
 
 Held = tuple[list[Group], dict[str, float]]  # a step's groups and their staleness metrics
+
+
+REBUILT_GROUPS = ("learner", "critic")  # the groups whose lost rank this rebuilds (ActorLost.name "learner[1]")
 
 
 class LearnerRecovery:
@@ -60,33 +68,57 @@ class LearnerRecovery:
         self._held.clear()  # the checkpoint now covers them
 
     # ---- rebuilding -------------------------------------------------------------------------------------
-    def rebuild(self, lost: ActorLost) -> LoopState:
-        """Kill the learner group, build a new one at the latest checkpoint, re-join weight sync."""
-        from cluster.run_setup import start_learner
+    @staticmethod
+    def covers(lost: ActorLost) -> bool:
+        return lost.name.split("[")[0] in REBUILT_GROUPS
 
+    def rebuild(self, lost: ActorLost) -> LoopState:
+        """Kill the dead rank's group (policy or critic), build a new one, bring both to the latest
+        checkpoint and the rollout workers to its weights."""
         run = self.run
+        group = lost.name.split("[")[0]
         self.deaths.append(f"{time.strftime('%H:%M:%S')} {lost}")
         path = Checkpointer.latest(run.dir)
         if self.rebuilds > self.max_restarts or path is None:
             why = (f"more than learner.max_restarts={self.max_restarts} learner deaths" if path is not None else
                    "no checkpoint to rebuild the learner from (checkpoint.every=0)")
             raise RuntimeError(f"learner lost, {why}: " + "; ".join(self.deaths)) from lost
-        self.logger.print(f"{lost}: rebuilding the learner from {path.name} "
+        self.logger.print(f"{lost}: rebuilding the {group} from {path.name} "
                           f"({self.rebuilds} of at most {self.max_restarts} rebuilds)")
         t0 = time.perf_counter()
         with run.sync.lock:
-            run.learner.shutdown(lost=True)
-            run.learner = run.sync.learner = start_learner(run.cfg, run.model_path, run.colocation)
-            warm = warm_started_reference(run)
-            if warm is not None:
-                run.learner.reset_reference(str(warm))  # the reference is the warm-started policy, not model.path
-            state = restore(run, path)
-            run.sync.setup()
+            if group == "critic":
+                self._new_critic()
+            else:
+                self._new_learner()
+            state = restore(run, path)  # the policy and (PPO) the critic
+            if group == "learner":
+                run.sync.setup()  # the weight-sync group is re-formed around the new rank 0
             run.sync.push(state.version)
             if run.cfg.weight_sync.verify_every:
                 run.sync.verify(*run.probe)
+        self.logger.print(run.record_placement())  # the new group's ranks may have landed elsewhere
         rewound = self.logger.rewind_to(state.step, "learner_rebuilt")
-        self.logger.print(f"learner rebuilt in {time.perf_counter() - t0:.1f}s at step {state.step}: steps "
+        self.logger.print(f"{group} rebuilt in {time.perf_counter() - t0:.1f}s at step {state.step}: steps "
                           f"{', '.join(map(str, sorted(self._held))) or 'none'} are retrained from the samples held "
                           f"({rewound.dropped} metric rows moved to metrics.discarded.jsonl)")
         return state
+
+    def _new_learner(self) -> None:
+        from cluster.run_setup import start_learner
+
+        run = self.run
+        run.learner.shutdown(lost=True)
+        run.learner = run.sync.learner = start_learner(run.cfg, run.model_path, run.colocation)
+        warm = warm_started_reference(run)
+        if warm is not None:
+            run.learner.reset_reference(str(warm))  # the reference is the warm-started policy, not model.path
+
+    def _new_critic(self) -> None:
+        from cluster.ppo import start_critic
+
+        run = self.run
+        run.critic.shutdown(lost=True)
+        run.critic = None
+        warm = warm_started_policy(run)
+        self.logger.print(start_critic(run, str(warm) if warm is not None else None))  # then restored

@@ -39,8 +39,9 @@ def start_critic(run: Any, warm_started: str | None) -> str:
     source, t0 = cfg.critic.model_path or warm_started or run.model_path, time.perf_counter()
     run.critic = CriticGroup(source, cfg.critic.learner, cfg.algorithm, optimizer_steps(cfg), cfg.critic.value_clip,
                              device=cfg.cluster.device)
+    built = time.perf_counter() - t0
     return (f"critic: {len(run.critic)} rank(s) (ZeRO-{cfg.critic.learner.zero_stage}, {cfg.critic.learner.dtype}), "
-            f"value model from {source}, built in {time.perf_counter() - t0:.1f}s")
+            f"value model from {source}, built in {built:.1f}s; {run.record_placement()}")
 
 
 def ppo_step(run: Any, batch: LearnerBatch) -> dict[str, float]:

@@ -37,9 +37,9 @@ class Run:
     eval_component: str
     eval_threshold: float
     colocation: Any = None  # cluster.colocation.Colocation when cluster.colocate
-    startup_seconds: float = 0.0
+    startup_seconds: float = 0.0  # from start_run's call until every actor is up and weight sync is joined
     critic: Any = None  # cluster.learner_group.CriticGroup: PPO's value model (cluster/ppo.py start_critic)
-    notes: list[str] = dataclasses.field(default_factory=list)  # lines for the run's first lines (dtype choice ...)  # from start_run's call until every actor is up and weight sync is joined
+    notes: list[str] = dataclasses.field(default_factory=list)  # lines for the run's first lines (dtype choice ...)
 
     def shutdown(self) -> None:
         import ray
@@ -55,6 +55,11 @@ class Run:
                 logging.getLogger("relayrl").warning("shutdown: %s", e)
         if ray.is_initialized():
             ray.shutdown()
+
+    def record_placement(self) -> str:
+        """RUN_DIR/placement.json again, for the actor groups running now (after PPO's critic starts, or
+        a learner or critic group is rebuilt); the line for the log."""
+        return record_placement(self.dir, actor_groups(self.learner, self.rollout, self.critic))
 
     def save_models(self, directory: str) -> None:
         """The learner's DeepSpeed checkpoint into `directory` (and PPO's critic beside it)."""
@@ -173,6 +178,13 @@ def start_ray(cfg: RunConfig, run_dir: Path) -> None:
         raise ConfigError("the cluster cannot hold this run's actors:\n  " + "\n  ".join(problems))
 
 
+def actor_groups(learner: Any, rollout: Any, critic: Any = None) -> dict[str, Any]:
+    """Every actor group of a run by name, as placement.json lists them."""
+    return {"learner": learner.group, **({"critic": critic.group} if critic is not None else {}),
+            "rollout": rollout.workers, "reward": rollout.scorers,
+            **({"reward_model": rollout.reward_model} if rollout.reward_model else {})}
+
+
 def record_placement(run_dir: Path, groups: dict[str, Any]) -> str:
     """Where each actor landed (node id, IP, Ray labels) -> RUN_DIR/placement.json; the line for the log."""
     from cluster.actor_group import placement
@@ -257,9 +269,7 @@ def start_run(cfg: RunConfig) -> Run:
         raise
     sync = WeightSync(learner, rollout, cfg.weight_sync, cfg.cluster.device)
     sync.setup()
-    notes.append(record_placement(run_dir, {"learner": learner.group, "rollout": rollout.workers,
-                                            "reward": rollout.scorers,
-                                            **({"reward_model": rollout.reward_model} if rollout.reward_model else {})}))
+    notes.append(record_placement(run_dir, actor_groups(learner, rollout)))
 
     probe_prompt = tokenizer(train_prompts[0]["prompt"], add_special_tokens=False)["input_ids"]
     probe_tail = tokenizer(" 0123456789 relayrl probe", add_special_tokens=False)["input_ids"]

@@ -23,7 +23,7 @@ import torch
 from actors.buffer import GroupBuffer
 from cluster.batching import groups_to_batch, reward_weights, sft_batch, sft_examples
 from cluster.actor_group import ActorLost
-from cluster.checkpoint import WARM_STARTED, Checkpointer, LoopState, restore, rng_state, warm_started_reference
+from cluster.checkpoint import Checkpointer, LoopState, restore, rng_state, warm_started_policy, warm_started_reference
 from cluster.config import RunConfig
 from cluster.evaluation import evaluate, rollout_stats
 from cluster.learner_recovery import LearnerRecovery
@@ -52,7 +52,7 @@ def train(cfg: RunConfig) -> Path:
     buffer = GroupBuffer(cfg.buffer, cfg.rollout.sampling.max_new_tokens)
     # async: the next steps' generation overlaps this step's learning, never more than max_staleness ahead
     feed = RolloutFeed(run, buffer, depth=cfg.buffer.max_staleness if cfg.trainer.mode == "async" else 0)
-    recovery = LearnerRecovery(run, logger)  # a dead learner rank: rebuilt, steps since the checkpoint redone
+    recovery = LearnerRecovery(run, logger)  # a dead learner or critic rank: rebuilt, steps since the checkpoint redone
     scaler = RolloutScaler(run, feed, logger)
     state = LoopState()
     for note in run.notes:
@@ -76,7 +76,7 @@ def train(cfg: RunConfig) -> Path:
             try:
                 scaler.observe(rl_step(run, state.step + 1, state, feed, buffer, ckpt, logger, recovery))
             except ActorLost as lost:
-                if not lost.name.startswith("learner"):
+                if not recovery.covers(lost):
                     raise
                 state = recovery.rebuild(lost)  # back at the last checkpoint; the steps since are redone
         log_eval(run, logger, cfg.trainer.total_steps, "after RL")
@@ -174,7 +174,7 @@ def start_from_warm_start(run: Run, logger: MetricsLogger, fresh: bool) -> None:
     and PPO's critic (its backbone). A fresh run exports that policy once to RUN_DIR/warm_started when
     one of them needs it; a resumed run reloads the reference from there (the critic: its checkpoint)."""
     cfg = run.cfg
-    warm = run.dir / WARM_STARTED if cfg.trainer.warm_start.steps > 0 else None
+    warm = warm_started_policy(run)
     reference = uses_reference(cfg.algorithm)
     if warm is not None and fresh and (reference or needs_critic(cfg)):
         run.learner.export_hf(str(warm), run.model_path)

@@ -63,6 +63,13 @@ ROWS = [
         "the steps since the checkpoint retrained from the samples the driver held",
         "the learner's work since the checkpoint (redone from the same samples; nothing regenerated)",
         lambda f: _run(f) + f"; rebuilt in {f['rebuild_s']:.1f}s, steps {f['redone']} redone"),
+    Row("PPO's critic rank SIGKILLed while training",
+        [f"{FT}::test_critic_rank_killed_rebuilds_the_critic_and_brings_the_policy_back_to_the_same_checkpoint"],
+        "the critic group is rebuilt from the latest checkpoint; the policy (which may hold the step's update) "
+        "reloads it too and the rollout workers get its weights back (probe-verified); the steps since are "
+        "retrained from the held samples",
+        "both models' work since the checkpoint (redone from the same samples; nothing regenerated)",
+        lambda f: _run(f) + f"; rebuilt in {f['rebuild_s']:.1f}s, steps {f['redone']} redone"),
     Row("driver SIGKILLed mid-step (async, a batch in flight)",
         ["tests/slow/test_async.py::test_sigkilled_async_run_resumes_training_every_prompt_once"],
         "`checkpoint.resume=RUN_DIR` continues from the last checkpoint; the batches issued but not trained are in "
@@ -75,6 +82,14 @@ ROWS = [
         "replaced in its own placement bundle up to `rollout.max_restarts` / `reward.max_restarts` / "
         "`learner.max_restarts` times, then the run stops with a report of every death (which actor, when, the error)",
         "— (the run stops)"),
+    Row("a call fails on one actor because another died (a survivor's collective: \"Connection reset by peer\") "
+        "before Ray reports the death", ["tests/integration/test_actor_group.py::"
+                                         "test_an_error_that_is_the_symptom_of_another_actors_death_surfaces_as_that_death",
+                                         "tests/integration/test_actor_group.py::"
+                                         "test_an_error_with_every_other_actor_alive_is_raised_as_itself_after_the_grace"],
+        "the error waits up to 10 s (`DEATH_GRACE_S`) for a death among the call's other actors and the death is "
+        "raised (so a learner rank's death rebuilds the group, a rollout worker's replaces it); with none, the "
+        "error itself", "as for that death"),
     Row("an actor that stalls in a call (SIGSTOP)", ["tests/integration/test_actor_group.py::"
                                                     "test_a_stalled_actor_fails_the_call_within_its_timeout_naming_it_and_the_knob"],
         "the call fails after its timeout naming the actor that did not answer and the setting "

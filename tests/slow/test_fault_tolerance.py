@@ -1,8 +1,10 @@
 """Faults injected into real runs on the tiny model: a rollout worker SIGKILLed mid-generation is
 replaced, brought to the current weights (probe-verified) and given the lost prompts; a reward
 scorer SIGKILLed or frozen (SIGSTOP: alive but silent) is replaced and its groups scored again;
-every prompt of every step is trained exactly once."""
+a learner rank or PPO's critic rank SIGKILLed rebuilds its group from the last checkpoint; every
+prompt of every step is trained exactly once."""
 
+import json
 import os
 import re
 import signal
@@ -111,4 +113,41 @@ def test_learner_rank_killed_rebuilds_the_group_from_the_checkpoint_and_redoes_t
     assert all(r["sync/probe_max_abs_diff"] <= 1e-4 for r in rows)  # the workers hold the rebuilt learner's weights
     assert_every_prompt_trained_once(rows, over, tmp_path)
     rebuilt_s = float(re.search(r"learner rebuilt in ([0-9.]+)s", out).group(1))
+    fault_report(**facts(rows), rebuilt=1, rebuild_s=rebuilt_s, redone=sorted(redone))
+
+
+def test_critic_rank_killed_rebuilds_the_critic_and_brings_the_policy_back_to_the_same_checkpoint(tmp_path, fault_report):
+    """PPO: the critic's rank SIGKILLed while step 3 trains (policy and critic at the same time): the
+    critic group is rebuilt from the step-2 checkpoint, the policy — which may already hold step 3's
+    update — reloads that checkpoint too and the rollout worker gets its weights back (probe-verified),
+    and step 3 is retrained from the samples held — every prompt trained once, each step logged once."""
+    run_dir = tmp_path / "run"
+    over = [f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *OVERRIDES, *PHASES["while_idle"],
+            "checkpoint.every=2", "checkpoint.keep_last=2"]
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("relayrl")), "train", "configs/demo_ppo.yaml", *over],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for_step(run_dir, 2, proc)
+        time.sleep(0.3)  # step 3 is learning (16 optimizer steps each)
+        in_progress = 1 + max(r["step"] for r in read_metrics(run_dir) if r["kind"] == "train")
+        critics = actor_pids("CriticRank")
+        assert len(critics) == 1
+        os.kill(critics[0], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-3000:]
+    assert "rebuilding the critic from step_000002" in out and "critic[0] died during" in out
+    rows = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # each step once
+    assert rows[-1]["learner/rebuilds"] == 1 and rows[-1]["rollout/worker_restarts"] == 0
+    redone = {r["step"] for r in rows if r["learner/redone"]}
+    assert redone == set(range(3, in_progress + 1))
+    assert all(r["sync/probe_max_abs_diff"] <= 1e-4 for r in rows)  # the worker holds the restored policy's weights
+    assert all(r["critic/loss"] > 0 and r["critic/nonfinite_skipped"] == 0 for r in rows)  # the new critic trains
+    assert_every_prompt_trained_once(rows, over, tmp_path)
+    where = json.loads((run_dir / "placement.json").read_text())  # rewritten with the rebuilt critic
+    assert sorted(where) == ["critic", "learner", "reward", "rollout"] and len(where["critic"]) == 1
+    rebuilt_s = float(re.search(r"critic rebuilt in ([0-9.]+)s", out).group(1))
     fault_report(**facts(rows), rebuilt=1, rebuild_s=rebuilt_s, redone=sorted(redone))
