@@ -18,9 +18,10 @@ critic rank rebuilds the critic group the same way; the policy's group is alive,
 hold the step's update, so it reloads the checkpoint too and the rollout workers are pushed its
 weights: both models go back to the same step. A dead policy rank reloads the critic (restore).
 
-Covered: deaths from the first RL step on (the step-0 checkpoint is written after warm start).
-More than learner.max_restarts rebuilds, or no checkpoint to rebuild from, stop the run with a
-report of every death.
+Before the step-0 checkpoint (written after warm start) there is nothing to rebuild from:
+`start_over` builds a new learner from model.path and the trainer does the warm start again.
+More than learner.max_restarts rebuilds, or no checkpoint to rebuild from once RL has started
+(checkpoint.every=0), stop the run with a report of every death.
 """
 
 from __future__ import annotations
@@ -77,12 +78,8 @@ class LearnerRecovery:
         checkpoint and the rollout workers to its weights."""
         run = self.run
         group = lost.name.split("[")[0]
-        self.deaths.append(f"{time.strftime('%H:%M:%S')} {lost}")
         path = Checkpointer.latest(run.dir)
-        if self.rebuilds > self.max_restarts or path is None:
-            why = (f"more than learner.max_restarts={self.max_restarts} learner deaths" if path is not None else
-                   "no checkpoint to rebuild the learner from (checkpoint.every=0)")
-            raise RuntimeError(f"learner lost, {why}: " + "; ".join(self.deaths)) from lost
+        self._count(lost, None if path is not None else "no checkpoint to rebuild the learner from (checkpoint.every=0)")
         self.logger.print(f"{lost}: rebuilding the {group} from {path.name} "
                           f"({self.rebuilds} of at most {self.max_restarts} rebuilds)")
         t0 = time.perf_counter()
@@ -104,13 +101,40 @@ class LearnerRecovery:
                           f"({rewound.dropped} metric rows moved to metrics.discarded.jsonl)")
         return state
 
-    def _new_learner(self) -> None:
+    def start_over(self, lost: ActorLost) -> None:
+        """A rank lost before the step-0 checkpoint (in the warm start, the critic's start, the first
+        push or eval): there is nothing to rebuild from, so the learner starts over from model.path
+        (PPO's critic is built again after the warm start) and the caller does all of it again, with
+        the same seed; the first attempt's metric rows go to metrics.discarded.jsonl."""
+        run = self.run
+        self._count(lost, None)
+        self.logger.print(f"{lost}: before the first checkpoint; the learner starts over from {run.model_path} "
+                          f"and the warm start is done again ({self.rebuilds} of at most {self.max_restarts} rebuilds)")
+        t0 = time.perf_counter()
+        with run.sync.lock:
+            if run.critic is not None:
+                run.critic.shutdown(lost=True)
+                run.critic = None
+            self._new_learner(reference=False)  # the warm start's end sets the reference
+            run.sync.setup()
+        rewound = self.logger.rewind_to(-1, "learner_rebuilt", keep_warm_start=False)
+        self.logger.print(f"learner restarted in {time.perf_counter() - t0:.1f}s ({rewound.dropped} metric rows moved "
+                          f"to metrics.discarded.jsonl); {run.record_placement()}")
+
+    def _count(self, lost: ActorLost, cannot: Optional[str]) -> None:
+        """Note the death; raise (with every death so far) if there are too many or `cannot` says why not."""
+        self.deaths.append(f"{time.strftime('%H:%M:%S')} {lost}")
+        if self.rebuilds > self.max_restarts or cannot:
+            why = cannot or f"more than learner.max_restarts={self.max_restarts} learner deaths"
+            raise RuntimeError(f"learner lost, {why}: " + "; ".join(self.deaths)) from lost
+
+    def _new_learner(self, reference: bool = True) -> None:
         from cluster.run_setup import start_learner
 
         run = self.run
         run.learner.shutdown(lost=True)
         run.learner = run.sync.learner = start_learner(run.cfg, run.model_path, run.colocation)
-        warm = warm_started_reference(run)
+        warm = warm_started_reference(run) if reference else None
         if warm is not None:
             run.learner.reset_reference(str(warm))  # the reference is the warm-started policy, not model.path
 

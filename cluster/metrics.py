@@ -83,11 +83,12 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log({f"{kind}/{k}": v for k, v in numeric.items()}, step=step)
 
-    def rewind_to(self, step: int, reason: str) -> "MetricsRewind":
+    def rewind_to(self, step: int, reason: str, keep_warm_start: bool = True) -> "MetricsRewind":
         """Mid-run: the steps after `step` are being re-done (the learner was rebuilt from that
-        checkpoint); their rows move to metrics.discarded.jsonl with `reason`."""
+        checkpoint); their rows move to metrics.discarded.jsonl with `reason` (and the warm start's
+        rows too unless keep_warm_start: it is being re-done as well)."""
         self._jsonl.close()
-        rewound = rewind_metrics(self.run_dir, step, reason)
+        rewound = rewind_metrics(self.run_dir, step, reason, keep_warm_start)
         self._jsonl = (self.run_dir / METRICS_FILE).open("a", encoding="utf-8")
         return rewound
 
@@ -96,7 +97,7 @@ class MetricsLogger:
             self._progress.update(self._task, completed=step, summary=summary)
 
     def print(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(text, soft_wrap=True)  # a long line (a death, a path) stays one line in a log file
 
     def dump_samples(self, step: int, groups: list[Group], max_groups: int = 4) -> None:
         out = self.run_dir / "samples" / f"step_{step:06d}.jsonl"
@@ -146,11 +147,13 @@ class MetricsRewind:
         return text + (f" ({', '.join(extra)} too)" if extra else "") + (f"; moved to {DISCARDED_FILE}" if moved else "")
 
 
-def rewind_metrics(run_dir: str | Path, resume_step: int, reason: str = "after_resume_step") -> MetricsRewind:
+def rewind_metrics(run_dir: str | Path, resume_step: int, reason: str = "after_resume_step",
+                   keep_warm_start: bool = True) -> MetricsRewind:
     """Rewrite RUN_DIR/metrics.jsonl for a run resuming from the checkpoint at `resume_step`.
 
     Kept: rows with step <= resume_step (eval rows at the checkpoint step included) and every
-    warm_start row (warm start is not re-done on resume), one per (kind, step): the last one.
+    warm_start row (warm start is not re-done on resume; keep_warm_start=False: it is, and its rows
+    go too), one per (kind, step): the last one.
     Everything else is appended to metrics.discarded.jsonl as {"resume_step", "reason", "row"|"raw"}
     (reason: `reason` | superseded | invalid) before metrics.jsonl is replaced atomically
     by the kept lines (byte-identical), so a crash at any point loses no row: at worst a repeated
@@ -168,7 +171,8 @@ def rewind_metrics(run_dir: str | Path, resume_step: int, reason: str = "after_r
         if row is None:
             result.invalid += 1
             discarded.append({"resume_step": result.resume_step, "reason": "invalid", "raw": line})
-        elif row.get("kind") != "warm_start" and _step(row) is not None and _step(row) > resume_step:
+        elif (row.get("kind") != "warm_start" or not keep_warm_start) and _step(row) is not None \
+                and _step(row) > resume_step:
             result.dropped += 1
             discarded.append({"resume_step": result.resume_step, "reason": reason, "row": row})
         elif _key(row) is not None and last[_key(row)] != i:

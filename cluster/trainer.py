@@ -62,13 +62,7 @@ def train(cfg: RunConfig) -> Path:
         if cfg.checkpoint.resume:
             state = resume(run, logger, feed)
         else:
-            seed_everything(cfg.trainer.seed)
-            warm_start(run, logger)
-            start_from_warm_start(run, logger, fresh=True)  # the reference (KL, DPO) and PPO's critic
-            run.sync.push(state.version)
-            log_eval(run, logger, state.step, "before RL")
-            if cfg.checkpoint.every and cfg.learner.max_restarts and cfg.trainer.mode != "offline":
-                save(run, ckpt, state, feed, recovery)  # step 0: what a learner lost in step 1 is rebuilt from
+            fresh_start(run, state, ckpt, feed, logger, recovery)  # warm start ... step-0 checkpoint
         if cfg.trainer.mode == "offline":  # DPO on preference pairs from files (cluster/preference.py)
             offline_dpo(run, state, logger, log_eval)
         while state.step < cfg.trainer.total_steps:
@@ -86,6 +80,28 @@ def train(cfg: RunConfig) -> Path:
         logger.close()
         run.shutdown()
     return run.dir
+
+
+def fresh_start(run: Run, state: LoopState, ckpt: Checkpointer, feed: RolloutFeed, logger: MetricsLogger,
+                recovery: LearnerRecovery) -> None:
+    """Warm start, the models that start from it, the first push and held-out eval, and the step-0
+    checkpoint. A learner or critic rank lost on the way (no checkpoint yet) starts it all over on a
+    new learner group, with the same seed."""
+    cfg = run.cfg
+    while True:
+        try:
+            seed_everything(cfg.trainer.seed)
+            warm_start(run, logger)
+            start_from_warm_start(run, logger, fresh=True)  # the reference (KL, DPO) and PPO's critic
+            run.sync.push(state.version)
+            log_eval(run, logger, state.step, "before RL")
+            if cfg.checkpoint.every and cfg.learner.max_restarts and cfg.trainer.mode != "offline":
+                save(run, ckpt, state, feed, recovery)  # step 0: what a learner lost in step 1 is rebuilt from
+            return
+        except ActorLost as lost:
+            if not recovery.covers(lost):
+                raise
+            recovery.start_over(lost)
 
 
 def rl_step(run: Run, step: int, state: LoopState, feed: RolloutFeed, buffer: GroupBuffer, ckpt: Checkpointer,

@@ -63,6 +63,12 @@ ROWS = [
         "the steps since the checkpoint retrained from the samples the driver held",
         "the learner's work since the checkpoint (redone from the same samples; nothing regenerated)",
         lambda f: _run(f) + f"; rebuilt in {f['rebuild_s']:.1f}s, steps {f['redone']} redone"),
+    Row("learner rank SIGKILLed during the warm start (before any checkpoint)",
+        [f"{FT}::test_learner_rank_killed_in_the_warm_start_starts_the_learner_over_and_warm_starts_again"],
+        "a new learner group from model.path; the warm start is done again with the same seed (its losses "
+        "reproduce the first attempt's exactly), the first attempt's rows go to metrics.discarded.jsonl; then RL",
+        "the warm start's work so far (redone)",
+        lambda f: _run(f) + f"; {f['warm_start_steps_lost']} warm-start steps redone"),
     Row("PPO's critic rank SIGKILLed while training",
         [f"{FT}::test_critic_rank_killed_rebuilds_the_critic_and_brings_the_policy_back_to_the_same_checkpoint"],
         "the critic group is rebuilt from the latest checkpoint; the policy (which may hold the step's update) "

@@ -34,15 +34,15 @@ def ray_cluster():
         ray.shutdown()
 
 
-def critic_cfg(num_ranks: int) -> LearnerConfig:
-    return LearnerConfig(num_ranks=num_ranks, zero_stage=2, dtype="float32", optimizer=OptimizerConfig(lr=1e-2),
+def critic_cfg(num_ranks: int, zero_stage: int = 2) -> LearnerConfig:
+    return LearnerConfig(num_ranks=num_ranks, zero_stage=zero_stage, dtype="float32", optimizer=OptimizerConfig(lr=1e-2),
                          micro_batch_tokens=40, cpus_per_rank=0.5, threads_per_rank=1, call_timeout_s=180)
 
 
-def make_critic(path: str, num_ranks: int):
+def make_critic(path: str, num_ranks: int, zero_stage: int = 2):
     from cluster.learner_group import CriticGroup
 
-    return CriticGroup(path, critic_cfg(num_ranks), ALGO, total_steps=40, value_clip=0.2)
+    return CriticGroup(path, critic_cfg(num_ranks, zero_stage), ALGO, total_steps=40, value_clip=0.2)
 
 
 def batch_with_returns(n: int = 8, seed: int = 0) -> LearnerBatch:
@@ -131,15 +131,20 @@ def test_checkpoint_restores_the_critic(one_rank, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(saved, critic.values(batch)))
 
 
-def test_two_ranks_equal_one_rank(one_rank, ray_cluster, tiny_model_dir):
-    """Also: DeepSpeed's CPU all-reduce segments in /dev/shm (69 MB per rank, never unlinked by
-    DeepSpeed) are gone once the group is built, and its all-reduces still work (the ranks agree)."""
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_two_ranks_equal_one_rank(one_rank, ray_cluster, tiny_model_dir, zero_stage):
+    """Two ranks (ZeRO-2, and ZeRO-3: the value head and backbone sharded, gathered for the forward)
+    train like one ZeRO-2 rank. Also: DeepSpeed's CPU all-reduce segments in /dev/shm (69 MB per rank,
+    never unlinked by DeepSpeed) are gone once the group is built, and its all-reduces still work."""
     import glob
 
     before = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
-    two = make_critic(tiny_model_dir, 2)
+    two = make_critic(tiny_model_dir, 2, zero_stage)
     try:
         assert set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*")) - before == set()
+        state = two.full_state_dict()  # ZeRO-3: gathered from the shards; the same start as one rank's
+        assert sorted(state) == sorted(one_rank["state"])
+        assert all(torch.equal(state[k], v) for k, v in one_rank["state"].items())
         m2 = train(two, batch_with_returns(), 3)
     finally:
         two.shutdown()

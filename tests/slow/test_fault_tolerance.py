@@ -151,3 +151,43 @@ def test_critic_rank_killed_rebuilds_the_critic_and_brings_the_policy_back_to_th
     assert sorted(where) == ["critic", "learner", "reward", "rollout"] and len(where["critic"]) == 1
     rebuilt_s = float(re.search(r"critic rebuilt in ([0-9.]+)s", out).group(1))
     fault_report(**facts(rows), rebuilt=1, rebuild_s=rebuilt_s, redone=sorted(redone))
+
+
+def test_learner_rank_killed_in_the_warm_start_starts_the_learner_over_and_warm_starts_again(tmp_path, fault_report):
+    """No checkpoint exists before the step-0 one: a rank SIGKILLed during warm start gets a new
+    learner group from model.path and the warm start is done again with the same seed — so it
+    reproduces the first attempt's losses — then RL runs as usual."""
+    run_dir = tmp_path / "run"
+    ws = 200
+    over = [f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *OVERRIDES, f"trainer.warm_start.steps={ws}",
+            "learner.num_ranks=2", "checkpoint.every=2", "checkpoint.keep_last=2"]
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("relayrl")), "train", "configs/demo_grpo.yaml", *over],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((run_dir / "metrics.jsonl").exists()
+                   and any(r["kind"] == "warm_start" and r["step"] >= 50 for r in read_metrics(run_dir))):
+            assert proc.poll() is None and time.monotonic() < deadline, "no warm start step 50"
+            time.sleep(0.05)
+        ranks = actor_pids("LearnerRank")
+        assert len(ranks) == 2
+        os.kill(max(ranks), signal.SIGKILL)
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-3000:]
+    assert "before the first checkpoint; the learner starts over" in out and "died during" in out
+    metrics = read_metrics(run_dir)
+    warm = [r for r in metrics if r["kind"] == "warm_start"]
+    assert [r["step"] for r in warm] == list(range(1, ws + 1))  # the redone warm start, once
+    first = [d["row"] for d in map(json.loads, (run_dir / "metrics.discarded.jsonl").read_text().splitlines())
+             if d["reason"] == "learner_rebuilt" and d["row"]["kind"] == "warm_start"]
+    assert len(first) >= 50  # the first attempt's rows, set aside
+    assert all(r["sft/loss"] == warm[r["step"] - 1]["sft/loss"] for r in first)  # same seed, same warm start
+    rows = [r for r in metrics if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert rows[-1]["learner/rebuilds"] == 1 and not any(r["learner/redone"] for r in rows)
+    assert all(r["sync/probe_max_abs_diff"] <= 1e-4 for r in rows)
+    assert_every_prompt_trained_once(rows, over, tmp_path)
+    fault_report(**facts(rows), rebuilt=1, warm_start_steps_lost=len(first))

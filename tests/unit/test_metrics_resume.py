@@ -79,6 +79,23 @@ def test_warm_start_rows_past_the_resume_step_are_kept(tmp_path):
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
 
 
+def test_a_warm_start_that_is_done_again_sets_its_first_attempt_aside(tmp_path):
+    log = logger(tmp_path)  # a learner rank died at warm-start step 7 of 10: all of it is done again
+    for i in range(1, 7):
+        log.log(i, {"sft/loss": 1.0}, kind="warm_start")
+    rewind = log.rewind_to(-1, "learner_rebuilt", keep_warm_start=False)
+    for i in range(1, 11):
+        log.log(i, {"sft/loss": 2.0}, kind="warm_start")
+    log.log(0, {"eval/accuracy": 0.1}, kind="eval")
+    log.close()
+    assert rewind.dropped == 6
+    rows = raw_rows(tmp_path)
+    assert keys(rows) == [("warm_start", i) for i in range(1, 11)] + [("eval", 0)]
+    assert all(r["sft/loss"] == 2.0 for r in rows if r["kind"] == "warm_start")
+    discarded = raw_rows(tmp_path, DISCARDED_FILE)
+    assert [(d["reason"], d["row"]["step"]) for d in discarded] == [("learner_rebuilt", i) for i in range(1, 7)]
+
+
 def test_discarded_rows_are_preserved_and_appended(tmp_path):
     first_run(tmp_path)
     before = raw_rows_lenient(tmp_path)
