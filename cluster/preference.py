@@ -15,7 +15,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import torch
 
@@ -81,22 +81,30 @@ def load_pairs(files: list[str], tokenizer: Any, template: str = "{prompt}") -> 
     return out
 
 
-def offline_dpo(run: "Run", state: Any, logger: "MetricsLogger", log_eval) -> None:
+def pair_order(n: int, seed: int) -> Iterator[int]:
+    """The indices of n pairs in the order offline DPO takes them: shuffled epochs without end. A
+    function of (n, seed) only, so a resumed run finds its place by skipping the pairs already taken."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(n))
+        rng.shuffle(order)
+        yield from reversed(order)
+
+
+def offline_dpo(run: "Run", state: Any, logger: "MetricsLogger", log_eval, checkpoint: Callable[[], Any]) -> None:
     """trainer.total_steps DPO steps of trainer.prompts_per_step pairs each, in a shuffled order that
-    cycles through the file(s); evaluation every trainer.eval_every steps on the pushed weights."""
+    cycles through the file(s); evaluation every trainer.eval_every steps on the pushed weights;
+    `checkpoint()` every checkpoint.every steps. A resumed run (state.step > 0) goes on with the
+    pairs an uninterrupted run would take next."""
     cfg = run.cfg
     pairs = load_pairs(cfg.data.preference_files, run.tokenizer, cfg.data.prompt_template)
     logger.print(f"offline DPO: {len(pairs)} preference pairs from {', '.join(cfg.data.preference_files)}")
-    order: list[int] = []
-    rng = random.Random(cfg.data.seed)
+    order = pair_order(len(pairs), cfg.data.seed)
+    for _ in range(state.step * cfg.trainer.prompts_per_step):  # taken before the checkpoint resumed from
+        next(order)
     while state.step < cfg.trainer.total_steps:
         step = state.step + 1
-        take = []
-        while len(take) < cfg.trainer.prompts_per_step:
-            if not order:
-                order = list(range(len(pairs)))
-                rng.shuffle(order)
-            take.append(pairs[order.pop()])
+        take = [pairs[next(order)] for _ in range(cfg.trainer.prompts_per_step)]
         t0 = time.perf_counter()
         learn = run.learner.preference_step(pair_batch(take))
         state.step, state.version = step, state.version + 1
@@ -108,6 +116,8 @@ def offline_dpo(run: "Run", state: Any, logger: "MetricsLogger", log_eval) -> No
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.total_steps:
             run.sync.push(state.version)
             log_eval(run, logger, step, f"step {step}")
+        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.trainer.total_steps:
+            checkpoint()  # the last step's: the trainer's finish
     run.sync.push(state.version)
 
 

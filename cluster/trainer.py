@@ -64,7 +64,7 @@ def train(cfg: RunConfig) -> Path:
         else:
             fresh_start(run, state, ckpt, feed, logger, recovery)  # warm start ... step-0 checkpoint
         if cfg.trainer.mode == "offline":  # DPO on preference pairs from files (cluster/preference.py)
-            offline_dpo(run, state, logger, log_eval)
+            offline_dpo(run, state, logger, log_eval, lambda: save(run, ckpt, state, feed, recovery))
         while state.step < cfg.trainer.total_steps:
             scaler.between_steps()  # `relayrl scale` requests and autoscaling: rollout workers added or removed
             try:

@@ -85,9 +85,8 @@ def preference_setup(cfg: RunConfig) -> Optional[str]:
         return f"data.preference_files: no such file(s) {missing}"
     if mode == "async":
         return "algorithm.dpo runs with trainer.mode sync (online: pairs from each step's groups) or offline"
-    if cfg.rollout.env.name or cfg.checkpoint.resume:
-        return ("algorithm.dpo is not built for multi-turn trajectories (rollout.env) nor for resuming "
-                "(checkpoint.resume: the offline pair order and a resumed DPO run are untested)")
+    if cfg.rollout.env.name:
+        return "algorithm.dpo is not built for multi-turn trajectories (rollout.env)"
     if mode != "offline" and d.pairs == "best_worst" and cfg.rollout.n < 2:
         return "online DPO pairs samples of one group: set rollout.n >= 2"
     return None

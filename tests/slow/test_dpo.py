@@ -5,6 +5,10 @@ The offline set is built from the arithmetic train split: each pair's chosen com
 right sum, its rejected one a near miss (off by 1, 10 or 100). DPO raises the policy's preference
 for the right answers (implicit-reward accuracy and margin) and its held-out accuracy."""
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 
 from actors.tasks.arithmetic import preference_pairs, write_jsonl
@@ -19,16 +23,40 @@ BASE = ["logging.progress=false", "logging.tensorboard=false", "logging.dump_sam
         "checkpoint.export_hf=false"]
 
 
-def test_offline_dpo_prefers_right_answers_and_raises_accuracy(tmp_path):
+def resume_from(run_dir: Path, step: int, cfg_for) -> list[dict]:
+    """The run stopped right after its checkpoint at `step` (a copy without the later ones), resumed
+    with cfg_for(copy); the resumed copy's train rows."""
+    crashed = run_dir.parent / "crashed"
+    later = lambda d, names: [n for n in names if n.startswith("step_") and n[5:].isdigit() and int(n[5:]) > step]  # noqa: E731
+    shutil.copytree(run_dir, crashed, ignore=later)
+    (crashed / "checkpoints" / "latest").write_text(f"step_{step:06d}")
+    train(cfg_for(crashed))
+    rows = [json.loads(line) for line in (crashed / "metrics.jsonl").read_text().splitlines()]
+    return sorted((r for r in rows if r["kind"] == "train"), key=lambda r: r["step"])
+
+
+def assert_same_steps(a: list[dict], b: list[dict]) -> None:
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b):
+        for key in ("dpo/pairs", "dpo/loss", "dpo/reward_margin", "dpo/reward_accuracy", "dpo/grad_norm"):
+            assert y[key] == pytest.approx(x[key], abs=1e-6), (x["step"], key)
+
+
+def test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exactly(tmp_path):
     """The demo's warm start (~22% held-out), then 60 DPO steps of 32 pairs with the RPO term
-    (algorithm.dpo.nll_coef: plain DPO lowers the chosen answers' likelihood too, README)."""
+    (algorithm.dpo.nll_coef: plain DPO lowers the chosen answers' likelihood too, README). Stopped
+    after its step-57 checkpoint and resumed, it takes steps 58-60 as before: the policy and
+    optimizer restored, the reference reloaded from warm_started/, the pair order picked up."""
     write_jsonl(tmp_path / "pairs.jsonl", preference_pairs())
-    cfg = validate(load_config("configs/demo_grpo.yaml", [
-        f"model.path={tmp_path}/model", f"logging.run_dir={tmp_path}/run", *BASE,
-        "trainer.mode=offline", "algorithm.dpo.enabled=true", f"data.preference_files=[{tmp_path}/pairs.jsonl]",
-        "algorithm.dpo.nll_coef=1.0", "learner.optimizer.lr=1e-3",
-        "trainer.total_steps=60", "trainer.prompts_per_step=32", "trainer.eval_every=0"]))
-    rows = read_metrics(train(cfg))
+
+    def cfg(run_dir, *more):
+        return validate(load_config("configs/demo_grpo.yaml", [
+            f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *BASE,
+            "trainer.mode=offline", "algorithm.dpo.enabled=true", f"data.preference_files=[{tmp_path}/pairs.jsonl]",
+            "algorithm.dpo.nll_coef=1.0", "learner.optimizer.lr=1e-3", "checkpoint.every=57",
+            "trainer.total_steps=60", "trainer.prompts_per_step=32", "trainer.eval_every=0", *more]))
+
+    rows = read_metrics(train(cfg(tmp_path / "run")))
     steps = sorted((r for r in rows if r["kind"] == "train"), key=lambda r: r["step"])
     evals = [r["eval/accuracy"] for r in sorted((r for r in rows if r["kind"] == "eval"), key=lambda r: r["step"])]
     assert len(steps) == 60 and all(r["dpo/pairs"] == 32 for r in steps)
@@ -42,18 +70,29 @@ def test_offline_dpo_prefers_right_answers_and_raises_accuracy(tmp_path):
     assert mean(last, "dpo/reward_chosen") > 0 > mean(last, "dpo/reward_rejected")
     # ... and so does held-out accuracy (measured 21.5% -> 34.0%)
     assert evals[-1] > evals[0] + 0.05, evals
+    resumed = resume_from(tmp_path / "run", 57, lambda d: cfg(d, f"checkpoint.resume={d}"))
+    assert_same_steps(steps, resumed)
 
 
-def test_online_dpo_trains_on_group_pairs(tmp_path):
+def test_online_dpo_trains_on_group_pairs_and_resumes_exactly(tmp_path):
     """From the random model, rewarded for writing any digit: about half its completions do, so its
-    groups have rewards to pair by."""
-    cfg = validate(load_config("configs/demo_grpo.yaml", [
-        f"model.path={tmp_path}/model", f"logging.run_dir={tmp_path}/run", *BASE,
-        "trainer.warm_start.steps=0", "reward.functions=[{name: format, params: {pattern: '[0-9]'}}]",
-        "algorithm.dpo.enabled=true", "algorithm.dpo.pairs=all", "trainer.total_steps=3", "trainer.prompts_per_step=8",
-        "rollout.n=4", "trainer.eval_every=0", "trainer.eval_max_prompts=8", "weight_sync.verify_every=1"]))
-    steps = [r for r in read_metrics(train(cfg)) if r["kind"] == "train"]
+    groups have rewards to pair by. Stopped after its step-2 checkpoint and resumed, step 3 samples
+    the same prompts from the same weights and takes the same update."""
+    def cfg(run_dir, *more):
+        return validate(load_config("configs/demo_grpo.yaml", [
+            f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *BASE,
+            "trainer.warm_start.steps=0", "reward.functions=[{name: format, params: {pattern: '[0-9]'}}]",
+            "algorithm.dpo.enabled=true", "algorithm.dpo.pairs=all", "trainer.total_steps=3", "trainer.prompts_per_step=8",
+            "rollout.n=4", "trainer.eval_every=0", "trainer.eval_max_prompts=8", "weight_sync.verify_every=1",
+            "checkpoint.every=2", *more]))
+
+    steps = sorted((r for r in read_metrics(train(cfg(tmp_path / "run"))) if r["kind"] == "train"),
+                   key=lambda r: r["step"])
     assert len(steps) == 3
     for r in steps:
         assert r["sync/probe_max_abs_diff"] <= 1e-4  # the engines sample from the DPO-updated weights
         assert r["dpo/pairs"] > 0 and r["dpo/grad_norm"] > 0
+    resumed = resume_from(tmp_path / "run", 2, lambda d: cfg(d, f"checkpoint.resume={d}"))
+    assert_same_steps(steps, resumed)
+    assert resumed[2]["prompt_ids"] == steps[2]["prompt_ids"]
+

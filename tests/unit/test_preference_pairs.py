@@ -8,7 +8,7 @@ import json
 import pytest
 
 from actors.types import Group, Sample
-from cluster.preference import group_pairs, load_pairs, pair_batch
+from cluster.preference import group_pairs, load_pairs, pair_batch, pair_order
 from cluster.tiny_model import build_tokenizer
 from learner.config import DPOConfig
 
@@ -47,3 +47,23 @@ def test_load_pairs(tmp_path):
     f.write_text(json.dumps({"prompt": "1+2=", "chosen": "3"}) + "\n")
     with pytest.raises(ValueError, match=r"pairs.jsonl:1: preference row lacks rejected"):
         load_pairs([str(f)], tok)
+
+
+def test_pair_order_takes_every_pair_once_per_epoch_and_is_a_function_of_the_seed():
+    from itertools import islice
+
+    got = list(islice(pair_order(7, seed=3), 21))
+    assert all(sorted(got[e * 7:(e + 1) * 7]) == list(range(7)) for e in range(3))
+    assert got[:7] != got[7:14]  # each epoch shuffled anew
+    assert list(islice(pair_order(7, seed=3), 21)) == got  # a resumed run skips to the same place
+    assert list(islice(pair_order(7, seed=4), 21)) != got
+    # the order of the loop it replaced (one rng, a shuffled list popped from the end), so runs measured
+    # before keep their pair sequence
+    import random
+    rng, order, old = random.Random(3), [], []
+    while len(old) < 21:
+        if not order:
+            order = list(range(7))
+            rng.shuffle(order)
+        old.append(order.pop())
+    assert old == got
