@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import pytest
 from fault_runs import B, N, OVERRIDES, STEPS, actor_pids, assert_every_prompt_trained_once, facts, wait_for_step
@@ -28,23 +29,40 @@ PHASES = {
 }
 
 
-@pytest.mark.parametrize("phase", sorted(PHASES))
-def test_rollout_worker_killed_is_replaced_and_nothing_is_lost(tmp_path, phase, fault_report):
-    run_dir = tmp_path / "run"
-    over = [f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *OVERRIDES, *PHASES[phase]]
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("relayrl")), "train", "configs/demo_grpo.yaml", *over],
+def faulted_run(config: str, over: list[str], run_dir: Path, victim: str, count: int, signum: int = signal.SIGKILL,
+                ready: Optional[Callable[[], bool]] = None, pause: float = 0.0) -> tuple[str, int]:
+    """`relayrl train config *over`; once `ready()` (default: step 2 logged) and `pause` seconds more,
+    `signum` to the last-started of the `count` actors of class `victim`. Returns the run's console
+    output and the step under way at the fault; the run must finish (exit 0)."""
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("relayrl")), "train", config, *over],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        wait_for_step(run_dir, 2, proc)
-        time.sleep(0.3)  # step 3 is under way: generating (long generations) or learning (long learning)
-        victims = actor_pids("RolloutWorker")
-        assert len(victims) == 1
-        os.kill(victims[0], signal.SIGKILL)
-        out, _ = proc.communicate(timeout=600)
+        if ready is None:
+            wait_for_step(run_dir, 2, proc)
+        else:
+            deadline = time.monotonic() + 300
+            while not ready():
+                assert proc.poll() is None and time.monotonic() < deadline, "the run never got ready for the fault"
+                time.sleep(0.05)
+        time.sleep(pause)
+        in_progress = 1 + max([r["step"] for r in read_metrics(run_dir) if r["kind"] == "train"], default=0)
+        pids = actor_pids(victim)
+        assert len(pids) == count, pids
+        os.kill(max(pids), signum)
+        out, _ = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, out[-3000:]
+    return out, in_progress
+
+
+@pytest.mark.parametrize("phase", sorted(PHASES))
+def test_rollout_worker_killed_is_replaced_and_nothing_is_lost(tmp_path, phase, fault_report):
+    run_dir = tmp_path / "run"
+    over = [f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *OVERRIDES, *PHASES[phase]]
+    # step 3 is under way: generating (long generations) or learning (long learning)
+    out, _ = faulted_run("configs/demo_grpo.yaml", over, run_dir, "RolloutWorker", 1, pause=0.3)
     assert "rollout[0] died" in out  # said on the console, once, as it happened
 
     rows = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
@@ -62,18 +80,8 @@ def test_reward_scorer_killed_or_frozen_is_replaced_and_its_groups_rescored(tmp_
     run_dir = tmp_path / "run"
     over = [f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *OVERRIDES, "reward.timeout_s=1",
             "rollout.sampling.max_new_tokens=64", "rollout.sampling.min_new_tokens=64"]
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("relayrl")), "train", "configs/demo_grpo.yaml", *over],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        wait_for_step(run_dir, 2, proc)
-        victims = actor_pids("RewardScorer")
-        assert len(victims) == 1
-        os.kill(victims[0], getattr(signal, fault))  # step 3 is generating: its groups will reach a dead scorer
-        out, _ = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, out[-3000:]
+    # step 3 is generating: its groups will reach a dead (or silent) scorer
+    out, _ = faulted_run("configs/demo_grpo.yaml", over, run_dir, "RewardScorer", 1, getattr(signal, fault))
     assert "reward[0] failed" in out
     rows = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
@@ -90,20 +98,8 @@ def test_learner_rank_killed_rebuilds_the_group_from_the_checkpoint_and_redoes_t
     run_dir = tmp_path / "run"
     over = [f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *OVERRIDES, *PHASES["while_idle"],
             "learner.num_ranks=2", "checkpoint.every=2", "checkpoint.keep_last=2"]
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("relayrl")), "train", "configs/demo_grpo.yaml", *over],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        wait_for_step(run_dir, 2, proc)
-        time.sleep(0.3)  # step 3 is learning (16 optimizer steps)
-        in_progress = 1 + max(r["step"] for r in read_metrics(run_dir) if r["kind"] == "train")
-        ranks = actor_pids("LearnerRank")
-        assert len(ranks) == 2
-        os.kill(max(ranks), signal.SIGKILL)
-        out, _ = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, out[-3000:]
+    # step 3 is learning (16 optimizer steps): rank 1 of 2 dies
+    out, in_progress = faulted_run("configs/demo_grpo.yaml", over, run_dir, "LearnerRank", 2, pause=0.3)
     assert "rebuilding the learner from step_000002" in out and "died during" in out
     rows = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # each step once
@@ -124,20 +120,8 @@ def test_critic_rank_killed_rebuilds_the_critic_and_brings_the_policy_back_to_th
     run_dir = tmp_path / "run"
     over = [f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *OVERRIDES, *PHASES["while_idle"],
             "checkpoint.every=2", "checkpoint.keep_last=2"]
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("relayrl")), "train", "configs/demo_ppo.yaml", *over],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        wait_for_step(run_dir, 2, proc)
-        time.sleep(0.3)  # step 3 is learning (16 optimizer steps each)
-        in_progress = 1 + max(r["step"] for r in read_metrics(run_dir) if r["kind"] == "train")
-        critics = actor_pids("CriticRank")
-        assert len(critics) == 1
-        os.kill(critics[0], signal.SIGKILL)
-        out, _ = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, out[-3000:]
+    # step 3 is learning (16 optimizer steps each)
+    out, in_progress = faulted_run("configs/demo_ppo.yaml", over, run_dir, "CriticRank", 1, pause=0.3)
     assert "rebuilding the critic from step_000002" in out and "critic[0] died during" in out
     rows = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # each step once
@@ -161,22 +145,9 @@ def test_learner_rank_killed_in_the_warm_start_starts_the_learner_over_and_warm_
     ws = 200
     over = [f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *OVERRIDES, f"trainer.warm_start.steps={ws}",
             "learner.num_ranks=2", "checkpoint.every=2", "checkpoint.keep_last=2"]
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("relayrl")), "train", "configs/demo_grpo.yaml", *over],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not ((run_dir / "metrics.jsonl").exists()
-                   and any(r["kind"] == "warm_start" and r["step"] >= 50 for r in read_metrics(run_dir))):
-            assert proc.poll() is None and time.monotonic() < deadline, "no warm start step 50"
-            time.sleep(0.05)
-        ranks = actor_pids("LearnerRank")
-        assert len(ranks) == 2
-        os.kill(max(ranks), signal.SIGKILL)
-        out, _ = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, out[-3000:]
+    at_step_50 = lambda: (run_dir / "metrics.jsonl").exists() and any(  # noqa: E731
+        r["kind"] == "warm_start" and r["step"] >= 50 for r in read_metrics(run_dir))
+    out, _ = faulted_run("configs/demo_grpo.yaml", over, run_dir, "LearnerRank", 2, ready=at_step_50)
     assert "before the first checkpoint; the learner starts over" in out and "died during" in out
     metrics = read_metrics(run_dir)
     warm = [r for r in metrics if r["kind"] == "warm_start"]
