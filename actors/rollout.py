@@ -81,6 +81,13 @@ class RolloutWorker:
             # disables torch.set_num_threads afterwards: both must happen before LLM().
             os.environ["OMP_NUM_THREADS"] = str(self.threads)
             torch.set_num_threads(self.threads)
+        if device == "cpu" and cfg.enforce_eager:
+            # The model is not compiled (eager), but vLLM still torch.compiles small helpers on first use
+            # (the sampled token's logprob rank): 2-3.5 s of each engine's start-up on CPU, to fuse a
+            # comparison and a sum. Run them eagerly (same integers). GPU and compiled engines untouched.
+            import torch._dynamo
+
+            torch._dynamo.config.disable = True
         from vllm import LLM
 
         kwargs: dict[str, Any] = dict(
