@@ -70,14 +70,18 @@ class LearnerRecovery:
 
     # ---- rebuilding -------------------------------------------------------------------------------------
     @staticmethod
-    def covers(lost: ActorLost) -> bool:
-        return lost.name.split("[")[0] in REBUILT_GROUPS
+    def group_of(lost: ActorLost) -> str:
+        return lost.name.split("[")[0]  # "learner[1]" -> "learner"
+
+    @classmethod
+    def covers(cls, lost: ActorLost) -> bool:
+        return cls.group_of(lost) in REBUILT_GROUPS
 
     def rebuild(self, lost: ActorLost) -> LoopState:
         """Kill the dead rank's group (policy or critic), build a new one, bring both to the latest
         checkpoint and the rollout workers to its weights."""
         run = self.run
-        group = lost.name.split("[")[0]
+        group = self.group_of(lost)
         path = Checkpointer.latest(run.dir)
         self._count(lost, None if path is not None else "no checkpoint to rebuild the learner from (checkpoint.every=0)")
         self.logger.print(f"{lost}: rebuilding the {group} from {path.name} "
@@ -94,7 +98,8 @@ class LearnerRecovery:
             run.sync.push(state.version)
             if run.cfg.weight_sync.verify_every:
                 run.sync.verify(*run.probe)
-        self.logger.print(run.record_placement())  # the new group's ranks may have landed elsewhere
+        if group == "learner":  # the new group's ranks may have landed elsewhere (a new critic's start said so)
+            self.logger.print(run.record_placement())
         rewound = self.logger.rewind_to(state.step, "learner_rebuilt")
         self.logger.print(f"{group} rebuilt in {time.perf_counter() - t0:.1f}s at step {state.step}: steps "
                           f"{', '.join(map(str, sorted(self._held))) or 'none'} are retrained from the samples held "
