@@ -35,42 +35,47 @@ class Row:
     happens: str  # what relayrl does, in words; the measured part is appended from the records
     lost: str
     measured: Optional[Callable[[dict], str]] = None  # record -> the numbers the test verified
+    fault: Optional[str] = None  # a test that injects several faults records each: this row's record's "fault"
 
 
 def _run(f: dict) -> str:
-    return (f"{f['steps']} steps, {f['prompts']} prompts each trained exactly once; slowest step "
-            f"{f['slowest_step_s']:.1f}s (median {f['median_step_s']:.1f}s)")
+    cost = (f"step {f['fault_step']} (under way at the fault) took {f['fault_step_s']:.1f}s" if "fault_step" in f
+            else f"slowest step {f['slowest_step_s']:.1f}s")
+    return (f"{f['steps']} steps, {f['prompts']} prompts each trained exactly once; {cost} "
+            f"(median {f['median_step_s']:.1f}s)")
 
+
+WORKER_SCORER = f"{FT}::test_rollout_worker_and_reward_scorer_lost_are_replaced_and_nothing_is_lost"
+LEARNER = f"{FT}::test_learner_rank_lost_in_warm_start_and_in_training_is_rebuilt_each_time"
+CRITIC = f"{FT}::test_critic_rank_killed_rebuilds_the_critic_and_brings_the_policy_back_to_the_same_checkpoint"
 
 ROWS = [
-    Row("rollout worker SIGKILLed mid-generation", [f"{FT}::test_rollout_worker_killed_is_replaced_and_nothing_is_lost[mid_generation]"],
+    Row("rollout worker SIGKILLed mid-generation", [f"{WORKER_SCORER}[mid_generation]"],
         "replaced in its placement bundle, joins the weight-sync group, gets the current weights (probe-verified), "
-        "and is given the prompts the dead worker had not delivered", "nothing", _run),
+        "and is given the prompts the dead worker had not delivered", "nothing", _run, "rollout worker mid_generation"),
     Row("a rollout node removed mid-run (simulated multi-node cluster)",
         ["tests/slow/test_multinode.py::test_actors_land_where_the_labels_say_and_survive_losing_a_rollout_node"],
         "its worker dies with the node; Ray re-places the worker's bundle on another node the labels allow, "
         "the new worker joins at the current weights (probe-verified) and gets the lost prompts", "nothing", _run),
-    Row("rollout worker SIGKILLed while idle", [f"{FT}::test_rollout_worker_killed_is_replaced_and_nothing_is_lost[while_idle]"],
-        "the next weight push notices, replaces it and pushes again", "nothing", _run),
-    Row("reward scorer SIGKILLed mid-run", [f"{FT}::test_reward_scorer_killed_or_frozen_is_replaced_and_its_groups_rescored[SIGKILL]"],
-        "replaced; every group it held is scored again from the generated samples", "nothing", _run),
-    Row("reward scorer frozen (SIGSTOP: alive, silent)", [f"{FT}::test_reward_scorer_killed_or_frozen_is_replaced_and_its_groups_rescored[SIGSTOP]"],
+    Row("rollout worker SIGKILLed while idle", [f"{WORKER_SCORER}[while_idle]"],
+        "the next weight push notices, replaces it and pushes again", "nothing", _run, "rollout worker while_idle"),
+    Row("reward scorer SIGKILLed mid-run", [f"{WORKER_SCORER}[mid_generation]"],
+        "replaced; every group it held is scored again from the generated samples", "nothing", _run,
+        "reward scorer SIGKILL"),
+    Row("reward scorer frozen (SIGSTOP: alive, silent)", [f"{WORKER_SCORER}[while_idle]"],
         "silent past one group's scoring bound with work outstanding: killed, replaced, its groups re-scored",
-        "nothing", _run),
-    Row("learner rank SIGKILLed while training (rank 1 of 2)",
-        [f"{FT}::test_learner_rank_killed_rebuilds_the_group_from_the_checkpoint_and_redoes_the_steps_since"],
+        "nothing", _run, "reward scorer SIGSTOP"),
+    Row("learner rank SIGKILLed while training (rank 1 of 2)", [LEARNER],
         "the whole learner group is rebuilt from the latest checkpoint, the rollout workers re-synced (probe-verified), "
         "the steps since the checkpoint retrained from the samples the driver held",
         "the learner's work since the checkpoint (redone from the same samples; nothing regenerated)",
-        lambda f: _run(f) + f"; rebuilt in {f['rebuild_s']:.1f}s, steps {f['redone']} redone"),
-    Row("learner rank SIGKILLed during the warm start (before any checkpoint)",
-        [f"{FT}::test_learner_rank_killed_in_the_warm_start_starts_the_learner_over_and_warm_starts_again"],
+        lambda f: _run(f) + f"; rebuilt in {f['rebuild_s']:.1f}s, steps {f['redone']} redone", "training"),
+    Row("learner rank SIGKILLed during the warm start (before any checkpoint)", [LEARNER],
         "a new learner group from model.path; the warm start is done again with the same seed (its losses "
         "reproduce the first attempt's exactly), the first attempt's rows go to metrics.discarded.jsonl; then RL",
         "the warm start's work so far (redone)",
-        lambda f: _run(f) + f"; {f['warm_start_steps_lost']} warm-start steps redone"),
-    Row("PPO's critic rank SIGKILLed while training",
-        [f"{FT}::test_critic_rank_killed_rebuilds_the_critic_and_brings_the_policy_back_to_the_same_checkpoint"],
+        lambda f: _run(f) + f"; {f['warm_start_steps_lost']} warm-start steps redone", "warm start"),
+    Row("PPO's critic rank SIGKILLed while training", [CRITIC],
         "the critic group is rebuilt from the latest checkpoint; the policy (which may hold the step's update) "
         "reloads it too and the rollout workers get its weights back (probe-verified); the steps since are "
         "retrained from the held samples",
@@ -183,7 +188,8 @@ def main() -> int:
         facts = [json.loads(line) for line in records.read_text().splitlines()] if records.exists() else []
     rows = []
     for row in ROWS:
-        mine = [f for f in facts if any(f["test"] == t or f["test"].startswith((t + "[", t + "::")) for t in row.tests)]
+        mine = [f for f in facts if any(f["test"] == t or f["test"].startswith((t + "[", t + "::")) for t in row.tests)
+                and (row.fault is None or f.get("fault") == row.fault)]
         status, n = verdict(row, verdicts)
         measured = ("; ".join(row.measured(f) for f in mine) if row.measured and mine
                     else f"{n} test{'s' * (n != 1)} passed" if status == "passed" else "")
