@@ -40,7 +40,9 @@ def weights(model_dir):
     return out
 
 
-def test_demo_steps_move_rewards_versions_and_weights(tmp_path):
+def test_demo_run_moves_rewards_versions_and_weights_and_its_export_serves_in_vllm(tmp_path):
+    """A short demo run: every step moves versions, weights and rewards as it should; the run directory
+    holds what a user expects, and its exported model serves in vLLM as it scores in transformers."""
     run_dir = train(demo_config(tmp_path, "run", "trainer.total_steps=4", "checkpoint.every=2",
                                 "trainer.warm_start.steps=500"))
 
@@ -73,16 +75,15 @@ def test_demo_steps_move_rewards_versions_and_weights(tmp_path):
     sample = json.loads((Path(run_dir) / "samples/step_000002.jsonl").read_text().splitlines()[0])
     assert {"prompt", "completion", "reward", "components", "policy_version"} <= set(sample)
     assert sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("step_*")) == ["step_000002", "step_000004"]
+    assert_serves_in_vllm_with_transformers_logprobs(str(Path(run_dir) / "final_model"))
 
 
-def test_exported_model_serves_in_vllm_with_transformers_logprobs(tmp_path):
+def assert_serves_in_vllm_with_transformers_logprobs(final: str) -> None:
     """The run's final Hugging Face directory loads in vLLM and scores as transformers does."""
     from actors.config import RolloutConfig
     from actors.rollout import RolloutWorker
     from learner.sender_process import hf_logprobs, max_abs_diff
 
-    run_dir = train(demo_config(tmp_path, "run", "trainer.total_steps=2", "trainer.eval_every=0"))
-    final = str(Path(run_dir) / "final_model")
     worker = RolloutWorker(final, RolloutConfig(max_model_len=64), "float32")
     try:
         groups = worker.generate([{"prompt_id": "a", "prompt": "12+34="}, {"prompt_id": "b", "prompt": "7+5="}], n=4)
