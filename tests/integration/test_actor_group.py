@@ -17,14 +17,12 @@ pytestmark = pytest.mark.integration
 # A placed, unbuilt learner rank is the lightest real actor class: node_info() -> (node ip, pid).
 
 
+RAY_NUM_CPUS = 4
+
+
 @pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
+def ray_local(ray_cluster):  # every test here uses the module's local Ray (tests/integration/conftest.py)
     yield
-    if started:
-        ray.shutdown()
 
 
 def make(n: int) -> ActorGroup:

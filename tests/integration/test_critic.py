@@ -18,20 +18,9 @@ from learner.batch import LearnerBatch
 from learner.config import AlgorithmConfig, Choice, LearnerConfig, OptimizerConfig
 
 pytestmark = pytest.mark.integration
-ray = pytest.importorskip("ray")
 
 ALGO = AlgorithmConfig(advantage=Choice("gae", {}), surrogate=Choice("ppo_clip", {}),
                        aggregation=Choice("token-mean", {}), epochs=1, mini_batches=2)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    if started:
-        ray.shutdown()
 
 
 def critic_cfg(num_ranks: int, zero_stage: int = 2) -> LearnerConfig:

@@ -19,6 +19,7 @@ import math
 import threading
 
 import pytest
+import ray
 import torch
 
 from cluster.tiny_model import TinyModelSpec, make_tiny_model
@@ -27,7 +28,6 @@ from learner.config import AlgorithmConfig, Choice, LearnerConfig, OptimizerConf
 from learner.engine import lr_lambda
 
 pytestmark = pytest.mark.integration
-ray = pytest.importorskip("ray")
 
 STEPS = 3
 TEMPERATURE = 0.7
@@ -35,16 +35,6 @@ TOTAL_STEPS = 8  # optimizer steps the LR schedule spans
 
 
 # ---- fixtures ---------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    if started:
-        ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

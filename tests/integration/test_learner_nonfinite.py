@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-from test_learner import ALGO, global_batch, learner_cfg, make_group, ray_cluster, tiny  # noqa: F401 (fixtures)
+from test_learner import ALGO, global_batch, learner_cfg, make_group, tiny  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def same(a: dict, b: dict) -> bool:
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2, 3])
-def test_nonfinite_update_is_skipped_and_training_goes_on(zero_stage, ray_cluster, tiny, tmp_path):  # noqa: F811
+def test_nonfinite_update_is_skipped_and_training_goes_on(zero_stage, ray_cluster, tiny, tmp_path):  # noqa: F811 (tiny)
     group = make_group(tiny, learner_cfg(2, zero_stage))
     try:
         good = global_batch(seed=1)
