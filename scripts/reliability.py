@@ -35,7 +35,7 @@ class Row:
     happens: str  # what relayrl does, in words; the measured part is appended from the records
     lost: str
     measured: Optional[Callable[[dict], str]] = None  # record -> the numbers the test verified
-    fault: Optional[str] = None  # a test that injects several faults records each: this row's record's "fault"
+    record: Optional[str] = None  # a test that injects several faults records each: the "fault" of this row's
 
 
 def _run(f: dict) -> str:
@@ -189,7 +189,7 @@ def main() -> int:
     rows = []
     for row in ROWS:
         mine = [f for f in facts if any(f["test"] == t or f["test"].startswith((t + "[", t + "::")) for t in row.tests)
-                and (row.fault is None or f.get("fault") == row.fault)]
+                and (row.record is None or f.get("fault") == row.record)]
         status, n = verdict(row, verdicts)
         measured = ("; ".join(row.measured(f) for f in mine) if row.measured and mine
                     else f"{n} test{'s' * (n != 1)} passed" if status == "passed" else "")

@@ -35,14 +35,14 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: flo
     pytest.fail(f"no step {step} within {timeout}s")
 
 
-def facts(rows: list[dict], fault: str = "", at: int = 0) -> dict:
-    """What the reliability table reports of a faulted run: steps, prompts, and the step the fault cost
-    (`at`: the step under way when `fault` struck; without it, the slowest step)."""
+def facts(rows: list[dict], at: int = 0) -> dict:
+    """What the reliability table reports of a faulted run: steps, prompts, and what the fault cost:
+    the time of step `at` (the step a replaced actor's fault struck), else of the slowest step."""
     steps = sorted(r["timing/step"] for r in rows)
     out = {"steps": len(rows), "prompts": sum(len(r["prompt_ids"]) for r in rows),
            "slowest_step_s": round(steps[-1], 2), "median_step_s": round(steps[len(steps) // 2], 2)}
-    if fault:
-        out.update(fault=fault, fault_step=at, fault_step_s=round(next(r["timing/step"] for r in rows if r["step"] == at), 2))
+    if at:
+        out.update(fault_step=at, fault_step_s=round(next(r["timing/step"] for r in rows if r["step"] == at), 2))
     return out
 
 

@@ -114,8 +114,8 @@ def test_rollout_worker_and_reward_scorer_lost_are_replaced_and_nothing_is_lost(
     assert all(r["sync/probe_max_abs_diff"] <= 1e-4 for r in rows)  # the replacement holds the learner's weights
     assert all(r["reward/errors"] == 0 and "reward/arithmetic" in r for r in rows)  # every sample really scored
     assert_every_prompt_trained_once(rows, over, tmp_path)
-    fault_report(**facts(rows, f"rollout worker {phase}", worker_at), replaced=1)
-    fault_report(**facts(rows, f"reward scorer {signal.Signals(scorer).name}", scorer_at), replaced=1)
+    fault_report(**facts(rows, worker_at), fault=f"rollout worker {phase}", replaced=1)
+    fault_report(**facts(rows, scorer_at), fault=f"reward scorer {signal.Signals(scorer).name}", replaced=1)
 
 
 def test_learner_rank_lost_in_warm_start_and_in_training_is_rebuilt_each_time(tmp_path, fault_report):
@@ -144,8 +144,7 @@ def test_learner_rank_lost_in_warm_start_and_in_training_is_rebuilt_each_time(tm
     rebuilt_s = assert_rebuilt(rows, out, "learner", 2, in_progress)
     assert_every_prompt_trained_once(rows, over, tmp_path)
     fault_report(**facts(rows), fault="warm start", rebuilt=1, warm_start_steps_lost=len(first))
-    fault_report(**facts(rows, "training", in_progress), rebuilt=1, rebuild_s=rebuilt_s,
-                 redone=list(range(3, in_progress + 1)))
+    fault_report(**facts(rows), fault="training", rebuilt=1, rebuild_s=rebuilt_s, redone=list(range(3, in_progress + 1)))
 
 
 def test_critic_rank_killed_rebuilds_the_critic_and_brings_the_policy_back_to_the_same_checkpoint(tmp_path, fault_report):
@@ -164,5 +163,4 @@ def test_critic_rank_killed_rebuilds_the_critic_and_brings_the_policy_back_to_th
     assert_every_prompt_trained_once(rows, over, tmp_path)
     where = json.loads((run_dir / "placement.json").read_text())  # rewritten with the rebuilt critic
     assert sorted(where) == ["critic", "learner", "reward", "rollout"] and len(where["critic"]) == 1
-    fault_report(**facts(rows, "training", in_progress), rebuilt=1, rebuild_s=rebuilt_s,
-                 redone=list(range(3, in_progress + 1)))
+    fault_report(**facts(rows), fault="training", rebuilt=1, rebuild_s=rebuilt_s, redone=list(range(3, in_progress + 1)))
