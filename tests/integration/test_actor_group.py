@@ -12,17 +12,13 @@ import ray
 from cluster.actor_group import ActorCallTimeout, ActorGroup, ActorLost, GroupSpec, wait_all
 from learner.rank import LearnerRank
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration,
+              pytest.mark.usefixtures("ray_cluster")]  # the module's local Ray (tests/integration/conftest.py)
 
 # A placed, unbuilt learner rank is the lightest real actor class: node_info() -> (node ip, pid).
 
 
 RAY_NUM_CPUS = 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local(ray_cluster):  # every test here uses the module's local Ray (tests/integration/conftest.py)
-    yield
 
 
 def make(n: int) -> ActorGroup:

@@ -3,6 +3,7 @@
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from transformers import AutoTokenizer
@@ -23,13 +24,19 @@ def actor_pids(cls: str) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def logged(run_dir: Path, step: int, kind: str = "train") -> Callable[[], bool]:
+    """Ready once metrics.jsonl has a `kind` row of step >= `step`."""
+    return lambda: (run_dir / "metrics.jsonl").exists() and any(
+        r["kind"] == kind and r["step"] >= step for r in read_metrics(run_dir))
+
+
 def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
+    done = logged(run_dir, step)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"run ended early (exit {proc.returncode})")
-        if (run_dir / "metrics.jsonl").exists() and any(
-                r["kind"] == "train" and r["step"] >= step for r in read_metrics(run_dir)):
+        if done():
             return
         time.sleep(0.05)
     pytest.fail(f"no step {step} within {timeout}s")

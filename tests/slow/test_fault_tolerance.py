@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from fault_runs import OVERRIDES, STEPS, actor_pids, assert_every_prompt_trained_once, facts
+from fault_runs import OVERRIDES, STEPS, actor_pids, assert_every_prompt_trained_once, facts, logged
 
 from cluster.metrics import read_metrics
 
@@ -43,12 +43,6 @@ class Fault:
     ready: Callable[[], bool]
     signum: int = signal.SIGKILL
     pause: float = 0.0
-
-
-def logged(run_dir: Path, step: int, kind: str = "train") -> Callable[[], bool]:
-    """Ready once metrics.jsonl has a `kind` row of step >= `step`."""
-    return lambda: (run_dir / "metrics.jsonl").exists() and any(
-        r["kind"] == kind and r["step"] >= step for r in read_metrics(run_dir))
 
 
 def faulted_run(config: str, over: list[str], run_dir: Path, *faults: Fault) -> tuple[str, list[int]]:
