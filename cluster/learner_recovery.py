@@ -18,6 +18,9 @@ critic rank rebuilds the critic group the same way; the policy's group is alive,
 hold the step's update, so it reloads the checkpoint too and the rollout workers are pushed its
 weights: both models go back to the same step. A dead policy rank reloads the critic (restore).
 
+Offline DPO holds nothing: its pairs come in an order fixed by data.seed, so the steps since the
+checkpoint take the same pairs again.
+
 Before the step-0 checkpoint (written after warm start) there is nothing to rebuild from:
 `start_over` builds a new learner from model.path and the trainer does the warm start again.
 More than learner.max_restarts rebuilds, or no checkpoint to rebuild from once RL has started
@@ -101,8 +104,11 @@ class LearnerRecovery:
         if group == "learner":  # the new group's ranks may have landed elsewhere (a new critic's start said so)
             self.logger.print(run.record_placement())
         rewound = self.logger.rewind_to(state.step, "learner_rebuilt")
-        self.logger.print(f"{group} rebuilt in {time.perf_counter() - t0:.1f}s at step {state.step}: steps "
-                          f"{', '.join(map(str, sorted(self._held))) or 'none'} are retrained from the samples held "
+        if run.cfg.trainer.mode == "offline":
+            redo = "the steps since are taken again on the same pairs (their order is fixed by data.seed)"
+        else:
+            redo = f"steps {', '.join(map(str, sorted(self._held))) or 'none'} are retrained from the samples held"
+        self.logger.print(f"{group} rebuilt in {time.perf_counter() - t0:.1f}s at step {state.step}: {redo} "
                           f"({rewound.dropped} metric rows moved to metrics.discarded.jsonl)")
         return state
 

@@ -64,7 +64,7 @@ def train(cfg: RunConfig) -> Path:
         else:
             fresh_start(run, state, ckpt, feed, logger, recovery)  # warm start ... step-0 checkpoint
         if cfg.trainer.mode == "offline":  # DPO on preference pairs from files (cluster/preference.py)
-            offline_dpo(run, state, logger, log_eval, lambda: save(run, ckpt, state, feed, recovery))
+            state = offline(run, state, ckpt, feed, logger, recovery)
         while state.step < cfg.trainer.total_steps:
             scaler.between_steps()  # `relayrl scale` requests and autoscaling: rollout workers added or removed
             try:
@@ -95,13 +95,27 @@ def fresh_start(run: Run, state: LoopState, ckpt: Checkpointer, feed: RolloutFee
             start_from_warm_start(run, logger, fresh=True)  # the reference (KL, DPO) and PPO's critic
             run.sync.push(state.version)
             log_eval(run, logger, state.step, "before RL")
-            if cfg.checkpoint.every and cfg.learner.max_restarts and cfg.trainer.mode != "offline":
+            if cfg.checkpoint.every and cfg.learner.max_restarts:
                 save(run, ckpt, state, feed, recovery)  # step 0: what a learner lost in step 1 is rebuilt from
             return
         except ActorLost as lost:
             if not recovery.covers(lost):
                 raise
             recovery.start_over(lost)
+
+
+def offline(run: Run, state: LoopState, ckpt: Checkpointer, feed: RolloutFeed, logger: MetricsLogger,
+            recovery: LearnerRecovery) -> LoopState:
+    """Offline DPO to trainer.total_steps. A lost learner rank is rebuilt from the latest checkpoint and
+    the steps since are taken again: the pair order is a function of the step, so the same pairs."""
+    while True:
+        try:
+            offline_dpo(run, state, logger, log_eval, lambda: save(run, ckpt, state, feed, recovery))
+            return state
+        except ActorLost as lost:
+            if not recovery.covers(lost):
+                raise
+            state = recovery.rebuild(lost)
 
 
 def rl_step(run: Run, step: int, state: LoopState, feed: RolloutFeed, buffer: GroupBuffer, ckpt: Checkpointer,

@@ -123,7 +123,7 @@ def environment_usable(cfg: RunConfig) -> Optional[str]:
 
 # learner knobs the critic group does not use (critic.learner is a LearnerConfig)
 CRITIC_UNUSED = {
-    "max_restarts": "a dead critic rank stops the run; a policy rank's death rebuilds both from the checkpoint",
+    "max_restarts": "a dead critic rank rebuilds the critic (and reloads the policy) from the checkpoint; it counts in learner.max_restarts",
     "max_nonfinite_steps": "the critic's skipped updates count in learner.max_nonfinite_steps",
     "moe_aux_loss_coef": "the value model computes no router balance loss",
     "routing_replay": "the value model does not replay the sampler's routing",

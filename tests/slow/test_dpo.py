@@ -6,10 +6,15 @@ right sum, its rejected one a near miss (off by 1, 10 or 100). DPO raises the po
 for the right answers (implicit-reward accuracy and margin) and its held-out accuracy."""
 
 import json
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from fault_runs import actor_pids, logged
 
 from actors.tasks.arithmetic import preference_pairs, write_jsonl
 from cluster.config import load_config
@@ -42,11 +47,25 @@ def assert_same_steps(a: list[dict], b: list[dict]) -> None:
             assert y[key] == pytest.approx(x[key], abs=1e-6), (x["step"], key)
 
 
+def kill_learner_rank_at(run_dir: Path, step: int) -> threading.Thread:
+    """SIGKILL the learner rank once train step `step` is logged (a thread: train() runs in this process)."""
+    def watch():
+        ready, deadline = logged(run_dir, step), time.monotonic() + 600
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(max(actor_pids("LearnerRank")), signal.SIGKILL)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exactly(tmp_path):
     """The demo's warm start (~22% held-out), then 60 DPO steps of 32 pairs with the RPO term
-    (algorithm.dpo.nll_coef: plain DPO lowers the chosen answers' likelihood too, README). Stopped
-    after its step-57 checkpoint and resumed, it takes steps 58-60 as before: the policy and
-    optimizer restored, the reference reloaded from warm_started/, the pair order picked up."""
+    (algorithm.dpo.nll_coef: plain DPO lowers the chosen answers' likelihood too, README). The
+    learner rank is SIGKILLed after step 20: the learner is rebuilt from the step-0 checkpoint and
+    steps 1-20+ are taken again on the same pairs, equal to the first attempt's. Stopped after its
+    step-57 checkpoint and resumed, it takes steps 58-60 as before: the policy and optimizer restored,
+    the reference reloaded from warm_started/, the pair order picked up."""
     write_jsonl(tmp_path / "pairs.jsonl", preference_pairs())
 
     def cfg(run_dir, *more):
@@ -56,8 +75,15 @@ def test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exact
             "algorithm.dpo.nll_coef=1.0", "learner.optimizer.lr=1e-3", "checkpoint.every=57",
             "trainer.total_steps=60", "trainer.prompts_per_step=32", "trainer.eval_every=0", *more]))
 
+    killer = kill_learner_rank_at(tmp_path / "run", 20)
     rows = read_metrics(train(cfg(tmp_path / "run")))
+    killer.join(timeout=1)
+    assert not killer.is_alive()
     steps = sorted((r for r in rows if r["kind"] == "train"), key=lambda r: r["step"])
+    discarded = [d["row"] for d in map(json.loads, (tmp_path / "run" / "metrics.discarded.jsonl").read_text().splitlines())
+                 if d["reason"] == "learner_rebuilt" and d["row"]["kind"] == "train"]
+    assert len(discarded) >= 20  # the first attempt's steps, set aside when the learner was rebuilt ...
+    assert_same_steps(sorted(discarded, key=lambda r: r["step"]), steps[:len(discarded)])  # ... and redone alike
     evals = [r["eval/accuracy"] for r in sorted((r for r in rows if r["kind"] == "eval"), key=lambda r: r["step"])]
     assert len(steps) == 60 and all(r["dpo/pairs"] == 32 for r in steps)
     first, last = steps[:10], steps[-10:]
