@@ -203,21 +203,38 @@ class PromptStream:
 
     `state()` / `load_state()` give the data position (epoch, index) for checkpoints, so a resumed
     run sees exactly the prompts the uninterrupted run would have.
+
+    `batch`: the most prompts one `take` asks for (trainer.prompts_per_step). A take that spans two
+    epochs must not hold a prompt twice (a generate call keys its requests by prompt_id), so each
+    epoch's first `batch` prompts are drawn from outside the previous epoch's last `batch`: the
+    epoch's shuffled order with those moved back, still a permutation. Needs at least 2 x batch
+    prompts; with fewer, an epoch boundary can repeat a prompt within one take.
     """
 
-    def __init__(self, prompts: list[dict[str, Any]], seed: int, shuffle: bool = True):
+    def __init__(self, prompts: list[dict[str, Any]], seed: int, shuffle: bool = True, batch: int = 0):
         self.prompts = prompts
         self.seed = seed
         self.shuffle = shuffle
+        self.batch = batch
         self.epoch = 0
         self.index = 0
         self._order = self._make_order()
 
-    def _make_order(self) -> list[int]:
+    def _shuffled(self, epoch: int) -> list[int]:
         order = list(range(len(self.prompts)))
         if self.shuffle:
-            random.Random(self.seed + self.epoch).shuffle(order)
+            random.Random(self.seed + epoch).shuffle(order)
         return order
+
+    def _make_order(self) -> list[int]:
+        order = self._shuffled(self.epoch)
+        w = self.batch
+        if self.epoch == 0 or w <= 0 or len(order) < 2 * w:
+            return order
+        tail = set(self._shuffled(self.epoch - 1)[-w:])
+        head = [i for i in order if i not in tail][:w]  # the first w prompts not in the last epoch's tail
+        chosen = set(head)
+        return head + [i for i in order if i not in chosen]
 
     def take(self, k: int) -> list[dict[str, Any]]:
         out = []

@@ -84,6 +84,27 @@ def test_stream_is_deterministic_and_resumable():
     assert PromptStream(prompts, seed=4).take(7) != PromptStream(prompts, seed=3).take(7)
 
 
+def test_a_take_across_an_epoch_boundary_never_repeats_a_prompt():
+    """Takes of 4 from 10 prompts cross an epoch boundary mid-take every few takes; a generate call
+    keys requests by prompt_id, so no take may hold a prompt twice. Epochs stay permutations, and a
+    resumed stream (state/load_state mid-epoch) goes on alike."""
+    prompts = [{"prompt_id": str(i)} for i in range(10)]
+    a = PromptStream(prompts, seed=0, batch=4)
+    takes = [[p["prompt_id"] for p in a.take(4)] for _ in range(50)]  # 20 epochs
+    assert all(len(set(t)) == 4 for t in takes)
+    flat = [i for t in takes for i in t]
+    assert all(sorted(flat[e * 10:(e + 1) * 10]) == sorted(map(str, range(10))) for e in range(20))
+    assert len({tuple(flat[e * 10:(e + 1) * 10]) for e in range(20)}) > 10  # still shuffled per epoch
+    b = PromptStream(prompts, seed=0, batch=4)
+    b.take(4 * 17)
+    c = PromptStream(prompts, seed=0, batch=4)
+    c.load_state(b.state())
+    assert [[p["prompt_id"] for p in c.take(4)] for _ in range(33)] == takes[17:]
+    # without the batch bound the same stream does repeat a prompt within a take (what this guards)
+    plain = PromptStream(prompts, seed=0)
+    assert any(len({p["prompt_id"] for p in plain.take(4)}) < 4 for _ in range(50))
+
+
 # ---- bad rows: all in one report, or skipped and counted (data.bad_rows) ------------------------------
 
 def char_tokenizer(text, add_special_tokens=False):
