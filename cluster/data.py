@@ -204,53 +204,60 @@ class PromptStream:
     `state()` / `load_state()` give the data position (epoch, index) for checkpoints, so a resumed
     run sees exactly the prompts the uninterrupted run would have.
 
-    `batch`: the most prompts one `take` asks for (trainer.prompts_per_step). A take that spans two
-    epochs must not hold a prompt twice (a generate call keys its requests by prompt_id), so each
-    epoch's first `batch` prompts are drawn from outside the previous epoch's last `batch`: the
-    epoch's shuffled order with those moved back, still a permutation. Needs at least 2 x batch
-    prompts; with fewer, an epoch boundary can repeat a prompt within one take.
+    A take that spans two epochs never holds a prompt twice (a generate call keys its requests by
+    prompt_id): a new epoch's prompt that this take already has from the last epoch is swapped with
+    the first later one it has not — only then does the order differ from the plain shuffle. The
+    swaps are part of the state. A take larger than the prompt set must repeat prompts.
     """
 
-    def __init__(self, prompts: list[dict[str, Any]], seed: int, shuffle: bool = True, batch: int = 0):
+    def __init__(self, prompts: list[dict[str, Any]], seed: int, shuffle: bool = True):
         self.prompts = prompts
         self.seed = seed
         self.shuffle = shuffle
-        self.batch = batch
         self.epoch = 0
         self.index = 0
+        self._swaps: list[tuple[int, int]] = []  # applied to this epoch's shuffled order
         self._order = self._make_order()
 
-    def _shuffled(self, epoch: int) -> list[int]:
+    def _make_order(self) -> list[int]:
         order = list(range(len(self.prompts)))
         if self.shuffle:
-            random.Random(self.seed + epoch).shuffle(order)
+            random.Random(self.seed + self.epoch).shuffle(order)
+        for p, q in self._swaps:
+            order[p], order[q] = order[q], order[p]
         return order
 
-    def _make_order(self) -> list[int]:
-        order = self._shuffled(self.epoch)
-        w = self.batch
-        if self.epoch == 0 or w <= 0 or len(order) < 2 * w:
-            return order
-        tail = set(self._shuffled(self.epoch - 1)[-w:])
-        head = [i for i in order if i not in tail][:w]  # the first w prompts not in the last epoch's tail
-        chosen = set(head)
-        return head + [i for i in order if i not in chosen]
+    def _keep_out(self, taken: set[int], need: int) -> None:
+        """Swap the new epoch's first `need` positions clear of the prompts `taken` from the last epoch."""
+        q = need
+        for p in range(min(need, len(self._order))):
+            if self._order[p] not in taken:
+                continue
+            while q < len(self._order) and self._order[q] in taken:
+                q += 1
+            if q >= len(self._order):
+                return  # fewer prompts than the take: repeats cannot be avoided
+            self._swaps.append((p, q))
+            self._order[p], self._order[q] = self._order[q], self._order[p]
+            q += 1
 
     def take(self, k: int) -> list[dict[str, Any]]:
-        out = []
+        out: list[int] = []
         while len(out) < k:
             if self.index == len(self._order):
-                self.epoch, self.index = self.epoch + 1, 0
+                self.epoch, self.index, self._swaps = self.epoch + 1, 0, []
                 self._order = self._make_order()
-            out.append(self.prompts[self._order[self.index]])
+                self._keep_out(set(out), k - len(out))
+            out.append(self._order[self.index])
             self.index += 1
-        return out
+        return [self.prompts[i] for i in out]
 
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index, "swaps": [list(s) for s in self._swaps]}
 
-    def load_state(self, state: dict[str, int]) -> None:
+    def load_state(self, state: dict[str, Any]) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._swaps = [(int(p), int(q)) for p, q in state.get("swaps", [])]  # older checkpoints: none
         self._order = self._make_order()
 
 

@@ -255,7 +255,7 @@ def start_run(cfg: RunConfig) -> Run:
     evals = load_prompt_set(cfg.data.eval_files, fmt, tokenizer) if cfg.data.eval_files else PromptSet([], [], 0)
     notes += skipped_rows_notes(run_dir, {"data.train_files": train, "data.eval_files": evals})
     train_prompts, eval_prompts = train.prompts, evals.prompts
-    stream = PromptStream(train_prompts, cfg.data.seed, cfg.data.shuffle, batch=cfg.trainer.prompts_per_step)
+    stream = PromptStream(train_prompts, cfg.data.seed, cfg.data.shuffle)
 
     start_ray(cfg, run_dir)
     # The rollout workers' constructors (vLLM import, engine start, warm-up) run in their actors while

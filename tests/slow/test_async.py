@@ -127,7 +127,7 @@ def test_sigkilled_async_run_resumes_training_every_prompt_once(tmp_path, fault_
     from transformers import AutoTokenizer
 
     stream = PromptStream(load_prompts(cfg.data.train_files, fmt, AutoTokenizer.from_pretrained(f"{tmp_path}/model")),
-                          cfg.data.seed, cfg.data.shuffle, batch=cfg.trainer.prompts_per_step)
+                          cfg.data.seed, cfg.data.shuffle)
     expected = [p["prompt_id"] for p in stream.take(6 * 8)]
     assert trained == expected  # none skipped, none twice, in the order the stream gave them
     discarded = run_dir / "metrics.discarded.jsonl"
