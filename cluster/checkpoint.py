@@ -26,7 +26,7 @@ class LoopState:
 
     step: int = 0  # last completed RL step
     version: int = 0  # policy version the rollout workers hold
-    data: dict[str, int] = dataclasses.field(default_factory=dict)  # the prompt stream's position
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)  # PromptStream.state(): epoch, index, swaps
     nonfinite_streak: int = 0  # RL steps in a row that skipped a learner update (cluster/nonfinite.py)
     nonfinite_skipped: int = 0  # learner updates skipped in the whole run (non-finite loss or gradient)
 

@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import string
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Optional
 
@@ -205,9 +206,10 @@ class PromptStream:
     run sees exactly the prompts the uninterrupted run would have.
 
     A take that spans two epochs never holds a prompt twice (a generate call keys its requests by
-    prompt_id): a new epoch's prompt that this take already has from the last epoch is swapped with
-    the first later one it has not — only then does the order differ from the plain shuffle. The
-    swaps are part of the state. A take larger than the prompt set must repeat prompts.
+    prompt_id): a new epoch's prompt that this take already has from the last epoch (or that `avoid`
+    names) is swapped with the first later one it has not — only then does the order differ from the
+    plain shuffle. The swaps are part of the state. A take larger than the prompt set must repeat
+    prompts.
     """
 
     def __init__(self, prompts: list[dict[str, Any]], seed: int, shuffle: bool = True):
@@ -241,13 +243,16 @@ class PromptStream:
             self._order[p], self._order[q] = self._order[q], self._order[p]
             q += 1
 
-    def take(self, k: int) -> list[dict[str, Any]]:
+    def take(self, k: int, avoid: Collection[str] = ()) -> list[dict[str, Any]]:
+        """The next k prompts. `avoid`: prompt_ids an earlier take of the same generate round holds
+        (a step's extra dynamic-sampling rounds), kept out of a new epoch like the take's own."""
         out: list[int] = []
         while len(out) < k:
             if self.index == len(self._order):
                 self.epoch, self.index, self._swaps = self.epoch + 1, 0, []
                 self._order = self._make_order()
-                self._keep_out(set(out), k - len(out))
+                avoided = {i for i, p in enumerate(self.prompts) if p.get("prompt_id") in avoid} if avoid else set()
+                self._keep_out(set(out) | avoided, k - len(out))
             out.append(self._order[self.index])
             self.index += 1
         return [self.prompts[i] for i in out]

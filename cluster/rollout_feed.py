@@ -25,6 +25,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import pickle
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Optional
 
 from actors.buffer import GroupBuffer
@@ -56,9 +57,11 @@ class RolloutFeed:
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, depth), thread_name_prefix="rollout")
 
     # ---- issuing -----------------------------------------------------------------------------------
-    def _issue(self, step: int, round_: int, count: int) -> Issued:
+    def _issue(self, step: int, round_: int, count: int, avoid: Collection[str] = ()) -> Issued:
+        """avoid: the prompt_ids the step's earlier rounds drew (a round crossing into a new epoch
+        must not draw them again, or the step would train a prompt twice)."""
         cfg = self.run.cfg
-        prompts = with_seeds(self.run.stream.take(count), cfg.rollout.seed, step, round_)
+        prompts = with_seeds(self.run.stream.take(count, avoid), cfg.rollout.seed, step, round_)
         groups = self.run.rollout.generate(prompts, cfg.rollout.n)  # sent to the workers now, in order
         # scored as they finish, in the background while the learner trains
         return Issued(step, prompts, self._threads.submit(list, groups))
@@ -85,7 +88,7 @@ class RolloutFeed:
             if round_ == 0 and self._ahead and self._ahead[0].step == step:
                 batch = self._ahead.popleft()  # issued a step (or more) ago
             else:
-                batch = self._issue(step, round_, missing)
+                batch = self._issue(step, round_, missing, avoid=issued.keys())
             issued.update((p["prompt_id"], len(issued) + i) for i, p in enumerate(batch.prompts))
             for group in batch.future.result():
                 self.buffer.add(group, version)

@@ -221,11 +221,14 @@ def run_relayrl(m: Matched, seed: int, model_dir: Path, work: Path) -> dict:
 
 # ---- 3. TRL ------------------------------------------------------------------------------------------
 
-def relayrl_prompt_order(seed: int, n: int) -> list[dict]:
-    """The first n rows relayrl's PromptStream gives with data.seed=seed (shuffle on, as in the demo)."""
+def relayrl_prompt_order(seed: int, steps: int, per_step: int) -> list[dict]:
+    """The rows relayrl's PromptStream gives its first `steps` steps with data.seed=seed (shuffle on,
+    as in the demo), taken step by step as the trainer does (a take crossing an epoch boundary keeps
+    its own prompts out of the new epoch, so one big take would differ)."""
     from cluster.data import PromptStream
 
-    return PromptStream(read_jsonl(TRAIN), seed, shuffle=True).take(n)
+    stream = PromptStream(read_jsonl(TRAIN), seed, shuffle=True)
+    return [row for _ in range(steps) for row in stream.take(per_step)]
 
 
 def trl_config(m: Matched, seed: int, out_dir: Path):
@@ -267,7 +270,7 @@ def trl_child(args: argparse.Namespace) -> None:
     from actors.tasks.arithmetic import check
 
     m = Matched(**json.loads(args.matched))
-    rows = relayrl_prompt_order(args.seed, m.steps * m.prompts_per_step)
+    rows = relayrl_prompt_order(args.seed, m.steps, m.prompts_per_step)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
 
     def arithmetic(prompts, completions, answer, **_) -> list[float]:

@@ -136,3 +136,28 @@ def test_token_versions_from_engine_spans():
     assert token_versions(None, 3, current=7) == [7, 7, 7]  # no label reported: the worker's version
     assert token_versions([], 0, current=7) == []
     assert version_spans([3, 3, 4, 4, 4]) == [[3, 0, 2], [4, 2, 5]] and version_spans([]) == []
+
+
+def test_dynamic_sampling_rounds_of_one_step_never_draw_a_prompt_twice():
+    """A step's extra rounds are takes of their own; one that crosses into a new epoch must not draw
+    a prompt an earlier round of the step already drew (the step would train it twice). Every group
+    here has equal rewards, so each step runs all three rounds: 12 of 20 prompts, and the second step's
+    third round crosses the epoch boundary."""
+    class FlatRollout(FakeRollout):
+        def generate(self, prompts, n):
+            self.calls.append([p["prompt_id"] for p in prompts])
+            return iter([Group(p["prompt_id"], [Sample(p["prompt_id"], "q", [1], "a", [2], [-0.1], "stop", 0,
+                                                       reward=1.0) for _ in range(n)]) for p in prompts])
+
+    for seed in range(10):
+        run = make_run(**{"buffer.dynamic_sampling": True, "buffer.max_extra_rounds": 2})
+        run.stream = PromptStream([{"prompt_id": f"p{i}"} for i in range(20)], seed)
+        run.rollout = FlatRollout()
+        feed = feed_of(run, 0)
+        for step in (1, 2):
+            feed.take(step, version=0, timing={})
+        feed.close()
+        assert len(run.rollout.calls) == 6
+        for step_calls in (run.rollout.calls[:3], run.rollout.calls[3:]):
+            drawn = [i for call in step_calls for i in call]
+            assert len(drawn) == len(set(drawn)) == 12, (seed, step_calls)
