@@ -91,11 +91,12 @@ def pair_order(n: int, seed: int) -> Iterator[int]:
         yield from reversed(order)
 
 
-def offline_dpo(run: "Run", state: Any, logger: "MetricsLogger", log_eval, checkpoint: Callable[[], Any]) -> None:
+def offline_dpo(run: "Run", state: Any, logger: "MetricsLogger", log_eval, checkpoint: Callable[[], Any],
+                row: Callable[[int], dict[str, float]]) -> None:
     """trainer.total_steps DPO steps of trainer.prompts_per_step pairs each, in a shuffled order that
     cycles through the file(s); evaluation every trainer.eval_every steps on the pushed weights;
-    `checkpoint()` every checkpoint.every steps. A resumed run (state.step > 0) goes on with the
-    pairs an uninterrupted run would take next."""
+    `checkpoint()` every checkpoint.every steps; `row(step)`: the trainer's own metrics for the step's
+    row. A resumed run (state.step > 0) goes on with the pairs an uninterrupted run would take next."""
     cfg = run.cfg
     pairs = load_pairs(cfg.data.preference_files, run.tokenizer, cfg.data.prompt_template)
     logger.print(f"offline DPO: {len(pairs)} preference pairs from {', '.join(cfg.data.preference_files)}")
@@ -109,7 +110,7 @@ def offline_dpo(run: "Run", state: Any, logger: "MetricsLogger", log_eval, check
         learn = run.learner.preference_step(pair_batch(take))
         state.step, state.version = step, state.version + 1
         learn["timing/learn"] = time.perf_counter() - t0
-        logger.log(step, learn)
+        logger.log(step, {**learn, **row(step)})
         logger.advance(step, f"margin {learn['dpo/reward_margin']:+.3f}")
         logger.print(f"step {step:>4} | dpo loss {learn['dpo/loss']:.4f} | margin {learn['dpo/reward_margin']:+.3f} | "
                      f"pref acc {100 * learn['dpo/reward_accuracy']:5.1f}% | learn {learn['timing/learn']:.2f}s")

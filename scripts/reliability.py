@@ -81,6 +81,14 @@ ROWS = [
         "retrained from the held samples",
         "both models' work since the checkpoint (redone from the same samples; nothing regenerated)",
         lambda f: _run(f) + f"; rebuilt in {f['rebuild_s']:.1f}s, steps {f['redone']} redone"),
+    Row("learner rank SIGKILLed during offline DPO", ["tests/slow/test_dpo.py::"
+                                                     "test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exactly"],
+        "the learner group is rebuilt from the latest checkpoint (the step-0 one, written after the warm start); "
+        "the steps since take the same pairs again (their order is fixed by data.seed) and reproduce the first "
+        "attempt's losses, margins and gradient norms",
+        "the learner's work since the checkpoint (redone on the same pairs)",
+        lambda f: (f"{f['steps']} steps of {f['pairs']} pairs; killed after step {f['killed_after_step']}, "
+                   f"steps 1-{f['redone']} redone (row `learner/redone` = 1)")),
     Row("driver SIGKILLed mid-step (async, a batch in flight)",
         ["tests/slow/test_async.py::test_sigkilled_async_run_resumes_training_every_prompt_once"],
         "`checkpoint.resume=RUN_DIR` continues from the last checkpoint; the batches issued but not trained are in "

@@ -59,7 +59,7 @@ def kill_learner_rank_at(run_dir: Path, step: int) -> threading.Thread:
     return thread
 
 
-def test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exactly(tmp_path):
+def test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exactly(tmp_path, fault_report):
     """The demo's warm start (~22% held-out), then 60 DPO steps of 32 pairs with the RPO term
     (algorithm.dpo.nll_coef: plain DPO lowers the chosen answers' likelihood too, README). The
     learner rank is SIGKILLed after step 20: the learner is rebuilt from the step-0 checkpoint and
@@ -84,6 +84,9 @@ def test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exact
                  if d["reason"] == "learner_rebuilt" and d["row"]["kind"] == "train"]
     assert len(discarded) >= 20  # the first attempt's steps, set aside when the learner was rebuilt ...
     assert_same_steps(sorted(discarded, key=lambda r: r["step"]), steps[:len(discarded)])  # ... and redone alike
+    assert all(r["learner/rebuilds"] == 0 and r["learner/redone"] == 0 for r in discarded)
+    assert [r["learner/redone"] for r in steps[:len(discarded)]] == [1.0] * len(discarded)
+    assert all(r["learner/rebuilds"] == 1 for r in steps) and steps[-1]["learner/redone"] == 0
     evals = [r["eval/accuracy"] for r in sorted((r for r in rows if r["kind"] == "eval"), key=lambda r: r["step"])]
     assert len(steps) == 60 and all(r["dpo/pairs"] == 32 for r in steps)
     first, last = steps[:10], steps[-10:]
@@ -98,6 +101,8 @@ def test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exact
     assert evals[-1] > evals[0] + 0.05, evals
     resumed = resume_from(tmp_path / "run", 57, lambda d: cfg(d, f"checkpoint.resume={d}"))
     assert_same_steps(steps, resumed)
+    fault_report(steps=len(steps), pairs=32, killed_after_step=max(r["step"] for r in discarded),
+                 redone=int(sum(r["learner/redone"] for r in steps)))
 
 
 def test_online_dpo_trains_on_group_pairs_and_resumes_exactly(tmp_path):
