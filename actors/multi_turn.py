@@ -27,6 +27,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
+from actors.engine_io import finish_reason, sampled_logprobs, token_versions
 from actors.envs.base import Step, Turn, environment_class, environment_params, environment_stop
 from actors.types import Episode, Group, Sample
 
@@ -163,17 +164,15 @@ class MultiTurnRunner:
         by_request[rid.split("-", 1)[0]] = tr  # outputs carry the external id
 
     def _record_turn(self, tr: _Trajectory, c: Any, version_override: Optional[int]) -> Turn:
-        from actors.rollout import _FINISH_REASONS, _sampled_logprobs, token_versions
-
         ids = list(c.token_ids)
         versions = ([version_override] * len(ids) if version_override is not None
                     else token_versions(c.weight_versions, len(ids), self.worker.version))
         tr.response_ids += ids
-        tr.logprobs += _sampled_logprobs(c.logprobs, ids)
+        tr.logprobs += sampled_logprobs(c.logprobs, ids)
         tr.mask += [1] * len(ids)
         tr.versions += versions
         tr.text.append(c.text)
-        tr.finish_reason = _FINISH_REASONS.get(c.finish_reason, "abort")
+        tr.finish_reason = finish_reason(c.finish_reason)
         tr.episode.turns += 1
         tr.episode.turn_ends.append(len(tr.response_ids))
         return Turn(text=c.text, token_ids=ids, index=tr.episode.turns - 1, finish_reason=tr.finish_reason)

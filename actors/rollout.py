@@ -42,10 +42,8 @@ import time
 from typing import Any, Iterator, Optional
 
 from actors.config import RolloutConfig
+from actors.engine_io import engine_input, finish_reason, request_seed, sampled_logprobs, token_versions
 from actors.types import Group, Sample
-
-# vLLM finish reasons -> the three the rest of the system knows ("abort" also covers engine errors).
-_FINISH_REASONS = {"stop": "stop", "length": "length"}
 
 # Per-call / per-prompt sampling overrides: SamplingConfig's fields, plus these SamplingParams fields.
 _EXTRA_SAMPLING_KEYS = ("ignore_eos", "stop_token_ids", "seed")
@@ -173,7 +171,7 @@ class RolloutWorker:
         engine = self.llm.llm_engine
         if len({p["prompt_id"] for p in prompts}) != len(prompts):
             raise ValueError("prompt_id must be unique within one generate call")
-        inputs = [_engine_input(p) for p in prompts]
+        inputs = [engine_input(p) for p in prompts]
         params = [self._sampling_params(n, sampling, p) for p in prompts]
         if self.multi_turn is not None:
             yield from self._generate_multi_turn(prompts, n, sampling, version_override)
@@ -271,8 +269,8 @@ class RolloutWorker:
                         else token_versions(c.weight_versions, len(response_ids), self._version))
             samples.append(Sample(
                 prompt_id=prompt["prompt_id"], prompt=text, prompt_ids=list(prompt_ids),
-                response=c.text, response_ids=response_ids, logprobs=_sampled_logprobs(c.logprobs, response_ids),
-                finish_reason=_FINISH_REASONS.get(c.finish_reason, "abort"),
+                response=c.text, response_ids=response_ids, logprobs=sampled_logprobs(c.logprobs, response_ids),
+                finish_reason=finish_reason(c.finish_reason),
                 policy_version=min(versions, default=self._version if version_override is None else version_override),
                 token_versions=versions, meta=dict(meta),
             ))
@@ -506,49 +504,3 @@ def cpu_placement(cfg: RolloutConfig, worker_index: int) -> tuple[int, list[int]
     if bad:
         raise ValueError(f"rollout.cpu_cores: cores {bad} are not available to this process (allowed: {allowed})")
     return threads, cores
-
-
-def request_seed(seed: int) -> int:
-    """Spread a per-prompt seed over [0, 2^31 - 2^16).
-
-    vLLM gives the n completions of a request the seeds s, s+1, ..., s+n-1, so consecutive prompt seeds
-    (s, s+1) would share n-1 random streams between two prompts. A 64-bit mix (splitmix64's
-    finaliser) makes such overlaps vanishingly unlikely while staying a pure function of the seed.
-    """
-    z = (seed + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    z ^= z >> 31
-    return int(z % ((1 << 31) - (1 << 16)))
-
-
-def token_versions(spans: Any, num_tokens: int, current: int) -> list[int]:
-    """Per response token, the weight version that sampled it, from vLLM's spans ([start, end) tokens
-    sampled by weights labelled `version`). No spans (no token, or no label reported): `current`."""
-    if not spans:
-        return [current] * num_tokens
-    out = [current] * num_tokens
-    for span in spans:
-        out[span.start:span.end] = [int(span.version)] * (span.end - span.start)
-    return out
-
-
-def _engine_input(prompt: dict[str, Any]) -> Any:
-    if "prompt_id" not in prompt:
-        raise KeyError(f"prompt dict needs a 'prompt_id' (keys: {sorted(prompt)})")
-    if prompt.get("prompt_ids") is not None:
-        return {"prompt_token_ids": list(prompt["prompt_ids"])}
-    if prompt.get("prompt") is None:
-        raise KeyError(f"prompt {prompt['prompt_id']!r} needs 'prompt' (text) or 'prompt_ids'")
-    return prompt["prompt"]
-
-
-def _sampled_logprobs(lps: Any, token_ids: list[int]) -> list[float]:
-    """The sampled tokens' logprobs. With logprobs=0 and flat logprobs, vLLM keeps exactly one entry per
-    position (the sampled token), so the flat list is the answer; otherwise look each token up."""
-    if lps is None:
-        raise RuntimeError("vLLM returned no logprobs (SamplingParams.logprobs must be 0)")
-    flat = getattr(lps, "logprobs", None)
-    if flat is not None and len(flat) == len(token_ids) and list(lps.token_ids) == token_ids:
-        return list(flat)
-    return [lps[i][t].logprob for i, t in enumerate(token_ids)]

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from actors.config import RolloutConfig, SamplingConfig
-from actors.rollout import RolloutWorker, cpu_placement, request_seed
+from actors.engine_io import request_seed
+from actors.rollout import RolloutWorker, cpu_placement
 from learner.sender_process import (
     WeightSender, free_port, hf_logprobs, load_checkpoint, manifest_of, max_abs_diff, perturbed, plan,
     sampler_vs_hf, write_model_dir,

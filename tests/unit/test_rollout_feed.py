@@ -9,7 +9,7 @@ from actors.buffer import GroupBuffer
 from actors.types import Group, Sample
 from cluster.config import load_config
 from cluster.data import PromptStream
-from actors.rollout import token_versions
+from actors.engine_io import token_versions
 from cluster.metrics import version_spans
 from cluster.rollout_feed import RolloutFeed, staleness_metrics
 
