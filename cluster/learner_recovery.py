@@ -22,7 +22,9 @@ Offline DPO holds nothing: its pairs come in an order fixed by data.seed, so the
 checkpoint take the same pairs again.
 
 Before the step-0 checkpoint (written after warm start) there is nothing to rebuild from:
-`start_over` builds a new learner from model.path and the trainer does the warm start again.
+`start_over` builds a new learner from model.path and the trainer does the warm start again. A rank
+lost while a resumed run loads its checkpoint: `reload` builds a new learner group and the trainer
+loads the checkpoint again (nothing was trained yet, so nothing is redone).
 More than learner.max_restarts rebuilds, or no checkpoint to rebuild from once RL has started
 (checkpoint.every=0), stop the run with a report of every death.
 """
@@ -122,15 +124,31 @@ class LearnerRecovery:
         self.logger.print(f"{lost}: before the first checkpoint; the learner starts over from {run.model_path} "
                           f"and the warm start is done again ({self.rebuilds} of at most {self.max_restarts} rebuilds)")
         t0 = time.perf_counter()
+        self._new_groups()  # the warm start's end sets the reference
+        rewound = self.logger.rewind_to(-1, "learner_rebuilt", keep_warm_start=False)
+        self.logger.print(f"learner restarted in {time.perf_counter() - t0:.1f}s ({rewound.dropped} metric rows moved "
+                          f"to metrics.discarded.jsonl); {run.record_placement()}")
+
+    def reload(self, lost: ActorLost) -> None:
+        """A rank lost while a resumed run loads its checkpoint (before it trains anything): a new learner
+        group (PPO's critic let go: the resume builds it again), and the caller loads the checkpoint again."""
+        run = self.run
+        self._count(lost, None)
+        self.logger.print(f"{lost}: while resuming; a new learner group loads the checkpoint again "
+                          f"({self.rebuilds} of at most {self.max_restarts} rebuilds)")
+        t0 = time.perf_counter()
+        self._new_groups()  # the resume reloads the reference
+        self.logger.print(f"learner replaced in {time.perf_counter() - t0:.1f}s; {run.record_placement()}")
+
+    def _new_groups(self) -> None:
+        """A new learner group with no reference loaded, PPO's critic let go (its owner builds it again)."""
+        run = self.run
         with run.sync.lock:
             if run.critic is not None:
                 run.critic.shutdown(lost=True)
                 run.critic = None
-            self._new_learner(reference=False)  # the warm start's end sets the reference
-            run.sync.setup()
-        rewound = self.logger.rewind_to(-1, "learner_rebuilt", keep_warm_start=False)
-        self.logger.print(f"learner restarted in {time.perf_counter() - t0:.1f}s ({rewound.dropped} metric rows moved "
-                          f"to metrics.discarded.jsonl); {run.record_placement()}")
+            self._new_learner(reference=False)
+            run.sync.setup()  # the weight-sync group is re-formed around the new rank 0
 
     def _count(self, lost: ActorLost, cannot: Optional[str]) -> None:
         """Note the death; raise (with every death so far) if there are too many or `cannot` says why not."""

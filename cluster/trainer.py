@@ -60,7 +60,7 @@ def train(cfg: RunConfig) -> Path:
     logger.print(f"started in {run.startup_seconds:.1f}s: {describe(run)}")
     try:
         if cfg.checkpoint.resume:
-            state = resume(run, logger, feed)
+            state = resume(run, logger, feed, recovery)
         else:
             fresh_start(run, state, ckpt, feed, logger, recovery)  # warm start ... step-0 checkpoint
         if cfg.trainer.mode == "offline":  # DPO on preference pairs from files (cluster/preference.py)
@@ -280,14 +280,23 @@ def resume_point(cfg: RunConfig) -> Path | None:
     return path
 
 
-def resume(run: Run, logger: MetricsLogger, feed: RolloutFeed) -> LoopState:
+def resume(run: Run, logger: MetricsLogger, feed: RolloutFeed, recovery: LearnerRecovery) -> LoopState:
+    """The models, data stream and issued batches as the latest checkpoint left them. A learner or
+    critic rank lost on the way: a new learner group loads the checkpoint again."""
     path = resume_point(run.cfg)
-    start_from_warm_start(run, logger, fresh=False)  # the reference reloaded; PPO's critic built, then restored
-    state = restore(run, path)
+    while True:
+        try:
+            start_from_warm_start(run, logger, fresh=False)  # the reference reloaded; PPO's critic built, then restored
+            state = restore(run, path)
+            run.sync.push(state.version)
+            break
+        except ActorLost as lost:
+            if not recovery.covers(lost):
+                raise
+            recovery.reload(lost)
     run.stream.load_state(state.data)
     pending = path / FEED_FILE
     feed.load_state(pending.read_bytes() if pending.exists() else None)
-    run.sync.push(state.version)
     logger.print(f"resumed from {path} at step {state.step} (policy version {state.version}, data {state.data})")
     if logger.rewind is not None and logger.rewind.dropped:
         logger.print(logger.rewind.summary())

@@ -88,7 +88,14 @@ ROWS = [
         "attempt's losses, margins and gradient norms",
         "the learner's work since the checkpoint (redone on the same pairs)",
         lambda f: (f"{f['steps']} steps of {f['pairs']} pairs; killed after step {f['killed_after_step']}, "
-                   f"steps 1-{f['redone']} redone (row `learner/redone` = 1)")),
+                   f"steps 1-{f['redone']} redone (row `learner/redone` = 1)"), "training"),
+    Row("learner rank SIGKILLed while a run resumes (loading its checkpoint)",
+        ["tests/slow/test_dpo.py::test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exactly"],
+        "a new learner group loads the checkpoint again, then the run goes on as an uninterrupted resume "
+        "would (same losses, margins and gradient norms)",
+        "nothing (no step had been taken)",
+        lambda f: (f"resumed from step {f['resumed_from_step']} to {f['steps']}; learner replaced in "
+                   f"{f['replace_s']:.1f}s"), "resume"),
     Row("driver SIGKILLed mid-step (async, a batch in flight)",
         ["tests/slow/test_async.py::test_sigkilled_async_run_resumes_training_every_prompt_once"],
         "`checkpoint.resume=RUN_DIR` continues from the last checkpoint; the batches issued but not trained are in "

@@ -7,6 +7,7 @@ for the right answers (implicit-reward accuracy and margin) and its held-out acc
 
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -59,13 +60,31 @@ def kill_learner_rank_at(run_dir: Path, step: int) -> threading.Thread:
     return thread
 
 
-def test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exactly(tmp_path, fault_report):
+def kill_learner_rank_on_resume(monkeypatch) -> list[int]:
+    """SIGKILL the learner rank as the resumed run starts loading its checkpoint (once); the pids killed."""
+    import cluster.trainer
+
+    real, killed = cluster.trainer.restore, []
+
+    def restore(run, path):
+        if not killed:
+            killed.append(max(actor_pids("LearnerRank")))
+            os.kill(killed[-1], signal.SIGKILL)
+        return real(run, path)
+
+    monkeypatch.setattr(cluster.trainer, "restore", restore)
+    return killed
+
+
+def test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exactly(tmp_path, fault_report,
+                                                                                 monkeypatch, capsys):
     """The demo's warm start (~22% held-out), then 60 DPO steps of 32 pairs with the RPO term
     (algorithm.dpo.nll_coef: plain DPO lowers the chosen answers' likelihood too, README). The
     learner rank is SIGKILLed after step 20: the learner is rebuilt from the step-0 checkpoint and
     steps 1-20+ are taken again on the same pairs, equal to the first attempt's. Stopped after its
     step-57 checkpoint and resumed, it takes steps 58-60 as before: the policy and optimizer restored,
-    the reference reloaded from warm_started/, the pair order picked up."""
+    the reference reloaded from warm_started/, the pair order picked up — though the learner rank is
+    SIGKILLed again as the resume loads the checkpoint (a new learner group loads it again)."""
     write_jsonl(tmp_path / "pairs.jsonl", preference_pairs())
 
     def cfg(run_dir, *more):
@@ -99,10 +118,16 @@ def test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exact
     assert mean(last, "dpo/reward_chosen") > 0 > mean(last, "dpo/reward_rejected")
     # ... and so does held-out accuracy (measured 21.5% -> 34.0%)
     assert evals[-1] > evals[0] + 0.05, evals
-    resumed = resume_from(tmp_path / "run", 57, lambda d: cfg(d, f"checkpoint.resume={d}"))
-    assert_same_steps(steps, resumed)
     fault_report(steps=len(steps), pairs=32, killed_after_step=max(r["step"] for r in discarded),
-                 redone=int(sum(r["learner/redone"] for r in steps)))
+                 redone=int(sum(r["learner/redone"] for r in steps)), fault="training")
+    killed = kill_learner_rank_on_resume(monkeypatch)
+    capsys.readouterr()
+    resumed = resume_from(tmp_path / "run", 57, lambda d: cfg(d, f"checkpoint.resume={d}"))
+    out = capsys.readouterr().out
+    assert len(killed) == 1 and "while resuming; a new learner group loads the checkpoint again" in out, out[-3000:]
+    assert_same_steps(steps, resumed)
+    fault_report(resumed_from_step=57, steps=len(resumed), fault="resume",
+                 replace_s=float(re.search(r"learner replaced in ([0-9.]+)s", out).group(1)))
 
 
 def test_online_dpo_trains_on_group_pairs_and_resumes_exactly(tmp_path):
