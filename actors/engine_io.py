@@ -33,15 +33,14 @@ def request_seed(seed: int) -> int:
 def token_versions(spans: Any, num_tokens: int, current: int) -> list[int]:
     """Per response token, the weight version that sampled it, from vLLM's spans ([start, end) tokens
     sampled by weights labelled `version`). No spans (no token, or no label reported): `current`."""
-    if not spans:
-        return [current] * num_tokens
     out = [current] * num_tokens
-    for span in spans:
+    for span in spans or ():
         out[span.start:span.end] = [int(span.version)] * (span.end - span.start)
     return out
 
 
 def engine_input(prompt: dict[str, Any]) -> Any:
+    """The engine's input for a prompt dict: its token ids if given, else its text."""
     if "prompt_id" not in prompt:
         raise KeyError(f"prompt dict needs a 'prompt_id' (keys: {sorted(prompt)})")
     if prompt.get("prompt_ids") is not None:

@@ -109,9 +109,11 @@ def offline(run: Run, state: LoopState, ckpt: Checkpointer, feed: RolloutFeed, l
     """Offline DPO to trainer.total_steps. A lost learner rank is rebuilt from the latest checkpoint and
     the steps since are taken again: the pair order is a function of the step, so the same pairs."""
     taken = 0  # the steps a lost learner had taken (its last one perhaps half-done): redone after a rebuild
+
+    def row(step: int) -> dict[str, float]:
+        return {"learner/rebuilds": float(recovery.rebuilds), "learner/redone": float(step <= taken)}
+
     while True:
-        def row(step: int) -> dict[str, float]:
-            return {"learner/rebuilds": float(recovery.rebuilds), "learner/redone": float(step <= taken)}
         try:
             offline_dpo(run, state, logger, log_eval, lambda: save(run, ckpt, state, feed, recovery), row)
             return state

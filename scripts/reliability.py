@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 FT = "tests/slow/test_fault_tolerance.py"
+DPO_OFFLINE = "tests/slow/test_dpo.py::test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exactly"
 BEGIN, END = "<!-- reliability:begin -->", "<!-- reliability:end -->"
 
 
@@ -81,16 +82,14 @@ ROWS = [
         "retrained from the held samples",
         "both models' work since the checkpoint (redone from the same samples; nothing regenerated)",
         lambda f: _run(f) + f"; rebuilt in {f['rebuild_s']:.1f}s, steps {f['redone']} redone"),
-    Row("learner rank SIGKILLed during offline DPO", ["tests/slow/test_dpo.py::"
-                                                     "test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exactly"],
+    Row("learner rank SIGKILLed during offline DPO", [DPO_OFFLINE],
         "the learner group is rebuilt from the latest checkpoint (the step-0 one, written after the warm start); "
         "the steps since take the same pairs again (their order is fixed by data.seed) and reproduce the first "
         "attempt's losses, margins and gradient norms",
         "the learner's work since the checkpoint (redone on the same pairs)",
         lambda f: (f"{f['steps']} steps of {f['pairs']} pairs; killed after step {f['killed_after_step']}, "
                    f"steps 1-{f['redone']} redone (row `learner/redone` = 1)"), "training"),
-    Row("learner rank SIGKILLed while a run resumes (loading its checkpoint)",
-        ["tests/slow/test_dpo.py::test_offline_dpo_prefers_right_answers_and_raises_accuracy_and_resumes_exactly"],
+    Row("learner rank SIGKILLed while a run resumes (loading its checkpoint)", [DPO_OFFLINE],
         "a new learner group loads the checkpoint again, then the run goes on as an uninterrupted resume "
         "would (same losses, margins and gradient norms)",
         "nothing (no step had been taken)",
