@@ -102,10 +102,7 @@ class MultiTurnRunner:
                     if not tr.finished:
                         self._submit(tr, sampling, by_request)
             while len(done_prompts) < len(trajs):
-                outs = []
-                with w._engine():
-                    if engine.has_unfinished_requests():
-                        outs = engine.step()
+                outs = w._engine_step() or []
                 for out in outs:
                     if out.finished:
                         tr = by_request.pop(out.request_id)

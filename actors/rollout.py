@@ -63,6 +63,7 @@ class RolloutWorker:
         # One engine step (or weight load, or probe) at a time; a waiting load goes before the next step.
         self._engine_lock = threading.Condition()
         self._loads_waiting = 0
+        self._engine_steps = 0  # since the engine started: a generation's progress, in health()
         self._generation_lock = threading.Lock()  # one generation or probe at a time
         self._prefix_cache_stale = False  # weights changed while requests held cached blocks
         # In-process engine (no engine-core subprocess): ~2 s init instead of ~20 s, same speed, one
@@ -192,11 +193,7 @@ class RolloutWorker:
             pending = {rid.split("-", 1)[0]: p for rid, p in zip(request_ids, prompts)}
             internal = {rid.split("-", 1)[0]: rid for rid in request_ids}
             try:
-                while True:
-                    with self._engine():  # a weight load may run between two steps (partial rollouts)
-                        if not engine.has_unfinished_requests():
-                            break
-                        outs = engine.step()
+                while (outs := self._engine_step()) is not None:
                     for out in outs:
                         if out.finished:
                             group = self._group(pending.pop(out.request_id), out, version_override,
@@ -240,6 +237,16 @@ class RolloutWorker:
                 with self._engine_lock:
                     self._loads_waiting -= 1
                     self._engine_lock.notify_all()
+
+    def _engine_step(self) -> Optional[list]:
+        """One engine step (a weight load may run between two: partial rollouts); None when the engine
+        has no request left."""
+        with self._engine():
+            if not self.llm.llm_engine.has_unfinished_requests():
+                return None
+            outs = self.llm.llm_engine.step()
+            self._engine_steps += 1
+            return outs
 
     def _omp_threads(self) -> None:
         """OpenMP's thread count is per calling thread, and an actor with max_concurrency >= 2 runs calls
@@ -463,6 +470,7 @@ class RolloutWorker:
             "cores": list(self.cores),
             "weight_sync": self._weight_sync,
             "unfinished_requests": self.llm.llm_engine.get_num_unfinished_requests(),
+            "engine_steps": self._engine_steps,
             "env_stuck_threads": self.multi_turn.stuck_threads() if self.multi_turn is not None else 0,
         }
 

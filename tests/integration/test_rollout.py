@@ -251,14 +251,18 @@ def test_weights_loaded_mid_generation_continue_the_same_requests(engine, sender
     sender.prepare(Path(tiny_model_dir), seed=3, scale=0.05, bucket_bytes=BUCKET_BYTES)  # ready to send
     groups: list = []
     gen = threading.Thread(target=lambda: groups.extend(w.generate_stream(prompts(4), 4, forced)))
+    steps = w.health()["engine_steps"]
     gen.start()
     deadline = time.monotonic() + 60
-    while w.health()["unfinished_requests"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    time.sleep(0.05)  # a few engine steps in (the whole generation takes ~200 steps)
+    while w.health()["engine_steps"] < steps + 5 and time.monotonic() < deadline:
+        time.sleep(0.001)  # a few engine steps in (the whole generation takes 200)
+    loaded: list = []
+    load = threading.Thread(target=lambda: loaded.append(w.receive_weights(old + 1)))
+    load.start()  # holds the engine from before its next step, waiting there for the broadcast
     sender.start_broadcast()
-    w.receive_weights(old + 1)  # waits for the engine between two steps of the generation
+    load.join(timeout=120)
     sender.wait()
+    assert loaded and loaded[0]["version"] == old + 1
     engine.weights_dir = write_model_dir(tiny_model_dir, perturbed(load_checkpoint(tiny_model_dir), 3, 0.05),
                                          tmp_path / "mid")
     gen.join(timeout=120)
