@@ -16,6 +16,14 @@ run untrusted code use the sandbox, which kills its process). Limits (`rollout.e
 max_total_tokens (response tokens, model + observation), max_obs_tokens (an observation is cut,
 counted), and the engine's max_model_len; a trajectory ended by one is marked in `Episode.cut`.
 
+MoE models: each turn's request reports the experts it computed with (actors/routing_capture.py).
+A Group's expert counts add up every turn's request. With rollout.record_routed_experts, prefix
+caching is off, so each turn's request recomputes the trajectory so far; a position keeps the
+routing of the first request that computed it — the routing its own turn sampled after, as in a
+single request. `Sample.routed_experts` then covers the trajectory up to its last model token;
+observation tokens appended after it (a trajectory cut by a limit) were never fed to the engine,
+and the learner routes them by itself (nothing trained depends on them).
+
 Seeds: a prompt with a seed gives trajectory k's turn t the seed mixed from (seed, k, t), so a seeded
 run is reproducible; unseeded prompts draw from the engine's generator.
 """
@@ -51,6 +59,9 @@ class _Trajectory:
     episode: Episode = dataclasses.field(default_factory=Episode)
     finish_reason: str = "stop"
     finished: bool = False
+    request: str = ""  # the engine's id of the turn in flight
+    expert_counts: Any = None  # MoE: numpy [layers, experts], summed over the turns' requests
+    routing: Any = None  # MoE, recorded: numpy [positions computed so far, layers, top_k]
 
 
 class _EnvCall:
@@ -107,6 +118,8 @@ class MultiTurnRunner:
                     if out.finished:
                         tr = by_request.pop(out.request_id)
                         turn = self._record_turn(tr, out.outputs[0], version_override)
+                        if w.moe:
+                            self._take_routing(tr)
                         calls[_EnvCall(tr.env, turn, self.cfg.timeout_s)] = tr
                 self._collect(calls, sampling, by_request)
                 for pid, group in trajs.items():
@@ -159,6 +172,7 @@ class MultiTurnRunner:
         with w._engine():
             rid = w.llm.enqueue([{"prompt_token_ids": tr.prompt_ids + tr.response_ids}], [params], use_tqdm=False)[0]
         by_request[rid.split("-", 1)[0]] = tr  # outputs carry the external id
+        tr.request = rid
 
     def _record_turn(self, tr: _Trajectory, c: Any, version_override: Optional[int]) -> Turn:
         ids = list(c.token_ids)
@@ -173,6 +187,22 @@ class MultiTurnRunner:
         tr.episode.turns += 1
         tr.episode.turn_ends.append(len(tr.response_ids))
         return Turn(text=c.text, token_ids=ids, index=tr.episode.turns - 1, finish_reason=tr.finish_reason)
+
+    def _take_routing(self, tr: _Trajectory) -> None:
+        """MoE: the ended turn's expert counts and, when recorded, the routing of the positions its
+        request was the first to compute (see the module docstring)."""
+        import numpy as np
+
+        w = self.worker
+        computed = len(tr.prompt_ids) + len(tr.response_ids) - 1  # the last sampled token is never fed
+        with w._engine():
+            taken = w.llm.collective_rpc("routing_take", args=([tr.request], [computed]))[0][0]
+        counts = np.asarray(taken["counts"], dtype=np.int64)
+        tr.expert_counts = counts if tr.expert_counts is None else tr.expert_counts + counts
+        if "routing" in taken:
+            rows = np.frombuffer(taken["routing"], dtype=taken["dtype"]).reshape(taken["shape"])
+            kept = 0 if tr.routing is None else len(tr.routing)
+            tr.routing = rows.copy() if tr.routing is None else np.concatenate([tr.routing, rows[kept:]])
 
     def _collect(self, calls: dict, sampling: Optional[dict[str, Any]], by_request: dict) -> None:
         """Apply finished environment steps (observation, next turn or end); end the expired ones."""
@@ -241,8 +271,11 @@ class MultiTurnRunner:
                 logprobs=list(tr.logprobs), finish_reason=tr.finish_reason,
                 policy_version=min(model_versions, default=fallback), token_versions=list(tr.versions),
                 meta=dict(p.get("meta") or {}), response_mask=list(tr.mask), episode=tr.episode,
+                routed_experts=tr.routing,
             ))
-        return Group(prompt_id=group[0].prompt["prompt_id"], samples=samples, generate_seconds=seconds)
+        counts = [tr.expert_counts for tr in group if tr.expert_counts is not None]
+        return Group(prompt_id=group[0].prompt["prompt_id"], samples=samples, generate_seconds=seconds,
+                     expert_counts=sum(counts[1:], counts[0]).tolist() if counts else None)
 
     def stuck_threads(self) -> int:
         self.abandoned = [t for t in self.abandoned if t.is_alive()]

@@ -121,9 +121,6 @@ class RolloutWorker:
         self.tokenizer = self.llm.get_tokenizer()
         self.multi_turn = None
         if cfg.env.name:  # multi-turn rollouts with an environment (actors/multi_turn.py)
-            if self.moe:
-                raise NotImplementedError("rollout.env with an MoE model: the per-request routing capture does "
-                                          "not follow a trajectory across turns yet; use a dense model")
             from actors.multi_turn import MultiTurnRunner
 
             self.multi_turn = MultiTurnRunner(self)
@@ -217,6 +214,8 @@ class RolloutWorker:
                 if self.llm.llm_engine.has_unfinished_requests():
                     raise RuntimeError("RolloutWorker runs one generation at a time; the engine still has requests")
                 self._reset_stale_prefix_cache()
+                if self.moe:
+                    self.llm.collective_rpc("routing_reset")  # what an aborted call left behind
             yield from self.multi_turn.run(prompts, n, sampling, version_override)
 
     @contextlib.contextmanager

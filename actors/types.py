@@ -67,7 +67,8 @@ class Sample:
     reward_components: dict[str, float] = dataclasses.field(default_factory=dict)
     reward_error: str | None = None  # set when a scorer failed or timed out (reward is then 0)
     # MoE routing replay (rollout.record_routed_experts): numpy uint8 [prompt + response - 1 tokens,
-    # MoE layers, top_k], the experts the engine routed each input token to (actors/routing_capture.py)
+    # MoE layers, top_k], the experts the engine routed each input token to (actors/routing_capture.py);
+    # a multi-turn trajectory's ends at its last model token (actors/multi_turn.py)
     routed_experts: Any = None
     # multi-turn (rollout.env): 1 at the model's tokens, 0 at observation tokens, per response token
     # ([] = every response token is the model's); the sampler's logprobs are 0.0 at observation tokens

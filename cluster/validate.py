@@ -115,9 +115,6 @@ def environment_usable(cfg: RunConfig) -> Optional[str]:
     for key in ("max_turns", "max_total_tokens", "max_obs_tokens", "timeout_s"):
         if getattr(e, key) <= 0:
             return f"rollout.env.{key}={getattr(e, key)} must be > 0"
-    if cfg.rollout.record_routed_experts:
-        return ("rollout.env with rollout.record_routed_experts: routing is recorded per engine request, not per "
-                "multi-turn trajectory yet; turn recording (and learner.routing_replay) off")
     return None
 
 

@@ -10,8 +10,9 @@ sampler's expert choice, and the router still gets gradients through the gating 
 verl, slime and Megatron do it. The weights are handed over in fp32, as vLLM's CUDA top-k kernel
 computes them (transformers' router rounds them to the model's dtype first; vLLM's CPU router takes
 a softmax of the bf16 top-k logits, so its weights are bf16-rounded: README "MoE"). Tokens without a
-record (the last token of a sequence, which the engine never fed to the model; padding) keep the
-learner's own routing: their outputs never reach a trained logprob.
+record (the last token of a sequence, which the engine never fed to the model; observation tokens
+after a multi-turn trajectory's last model turn; padding) keep the learner's own routing: their
+outputs never reach a trained logprob.
 
 Hooks. A forward hook on each top-k router (transformers 5's `*TopKRouter`: returns
 (logits, top-k weights, top-k indices)) and a forward pre-hook on the expert block beside it, which
@@ -77,19 +78,20 @@ def routing_tensor(routed: Sequence[Optional[np.ndarray]], lengths: Sequence[int
                    top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Recorded routing of a micro-batch's rows (`routed[row]` for a row of `lengths[row]` tokens, None =
     no record), right-padded to `length` like its input_ids: (long [rows * length, layers, top_k],
-    bool [rows * length] where a record exists). A record covers every token but the last."""
+    bool [rows * length] where a record exists). A record covers a sequence's first tokens: every
+    token but the last (a multi-turn trajectory: up to its last model token)."""
     rows = len(routed)
     out = torch.zeros(rows, length, layers, top_k, dtype=torch.long)
     valid = torch.zeros(rows, length, dtype=torch.bool)
     for row, (rec, n) in enumerate(zip(routed, lengths)):
         if rec is None:
             continue
-        if rec.ndim != 3 or rec.shape[1:] != (layers, top_k) or len(rec) != n - 1:
+        if rec.ndim != 3 or rec.shape[1:] != (layers, top_k) or not 0 < len(rec) <= n - 1:
             raise ValueError(f"recorded routing of shape {tuple(rec.shape)} does not fit a sequence of {n} tokens "
-                             f"on this model's {layers} MoE layers x top-{top_k} (expected ({n - 1}, {layers}, "
+                             f"on this model's {layers} MoE layers x top-{top_k} (expected (1..{n - 1}, {layers}, "
                              f"{top_k}); was the rollout engine serving another model?)")
-        out[row, : n - 1] = torch.from_numpy(np.asarray(rec, dtype=np.int64))
-        valid[row, : n - 1] = True
+        out[row, : len(rec)] = torch.from_numpy(np.asarray(rec, dtype=np.int64))
+        valid[row, : len(rec)] = True
     return out.reshape(rows * length, layers, top_k), valid.reshape(-1)
 
 

@@ -97,8 +97,6 @@ def test_override_without_equals_sign():
      "no parameter 'answer'"),
     ({"rollout.env.name": "calculator", "rollout.env.max_turns": 0}, "environment_usable", "max_turns=0 must be > 0"),
     ({"rollout.env.name": "no_such_pkg.mod:Env"}, "environment_usable", "cannot import 'no_such_pkg.mod'"),
-    ({"rollout.env.name": "calculator", "rollout.record_routed_experts": True}, "environment_usable",
-     "record_routed_experts"),
     ({"reward.functions": "[]"}, "reward_functions_exist", "rollout.env.name"),
     ({"algorithm.turn_credit": True}, "environment_usable", "set rollout.env.name"),
     ({"trainer.mode": "offline"}, "preference_setup", "algorithm.dpo.enabled=true and data.preference_files"),

@@ -55,8 +55,11 @@ def test_routing_tensor_pads_and_checks_shape():
     assert r[1, 0].tolist() == [2, 3]
     with pytest.raises(ValueError, match="MoE layers"):
         routing_tensor([rec], [3], length=3, layers=2, top_k=2)
-    with pytest.raises(ValueError, match=r"expected \(3, 1, 2\)"):  # a record of another sequence's length
-        routing_tensor([rec], [4], length=4, layers=1, top_k=2)
+    # a multi-turn trajectory's record ends at its last model token: the observation after it is the learner's
+    r, valid = routing_tensor([rec], [5], length=5, layers=1, top_k=2)
+    assert valid.tolist() == [True, True, False, False, False] and r[1, 0].tolist() == [2, 3]
+    with pytest.raises(ValueError, match=r"expected \(1..1, 1, 2\)"):  # a record longer than its sequence
+        routing_tensor([rec], [2], length=2, layers=1, top_k=2)
 
 
 @pytest.fixture(scope="module")
