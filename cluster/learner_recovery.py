@@ -21,11 +21,13 @@ weights: both models go back to the same step. A dead policy rank reloads the cr
 Offline DPO holds nothing: its pairs come in an order fixed by data.seed, so the steps since the
 checkpoint take the same pairs again.
 
+A rank lost while the learner group itself starts (placement, rendezvous, model load; in
+`start_run`, before any of this exists): a new group is built at once (cluster/run_setup.py).
 Before the step-0 checkpoint (written after warm start) there is nothing to rebuild from:
 `start_over` builds a new learner from model.path and the trainer does the warm start again. A rank
 lost while a resumed run loads its checkpoint: `reload` builds a new learner group and the trainer
 loads the checkpoint again (nothing was trained yet, so nothing is redone).
-More than learner.max_restarts rebuilds, or no checkpoint to rebuild from once RL has started
+Every one of these counts: more than learner.max_restarts rebuilds in all, or no checkpoint to rebuild from once RL has started
 (checkpoint.every=0), stop the run with a report of every death.
 """
 
@@ -48,6 +50,15 @@ Held = tuple[list[Group], dict[str, float]]  # a step's groups and their stalene
 REBUILT_GROUPS = ("learner", "critic")  # the groups whose lost rank this rebuilds (ActorLost.name "learner[1]")
 
 
+def count_death(deaths: list[str], lost: ActorLost, max_restarts: int, cannot: Optional[str] = None) -> None:
+    """Note the death in `deaths`; raise (with every death so far) if there are more than
+    `max_restarts` or `cannot` says why it cannot be rebuilt."""
+    deaths.append(f"{time.strftime('%H:%M:%S')} {lost}")
+    if len(deaths) > max_restarts or cannot:
+        why = cannot or f"more than learner.max_restarts={max_restarts} learner deaths"
+        raise RuntimeError(f"learner lost, {why}: " + "; ".join(deaths)) from lost
+
+
 class LearnerRecovery:
     def __init__(self, run: "Run", logger: "MetricsLogger"):
         self.run, self.logger = run, logger
@@ -55,7 +66,7 @@ class LearnerRecovery:
         # without checkpoints there is nothing to rebuild from, so nothing worth holding (it would grow all run)
         self._holding = self.max_restarts > 0 and run.cfg.checkpoint.every > 0
         self._held: dict[int, Held] = {}
-        self.deaths: list[str] = []
+        self.deaths: list[str] = list(run.learner_deaths)  # those while the group started count too
 
     @property
     def rebuilds(self) -> int:
@@ -151,11 +162,7 @@ class LearnerRecovery:
             run.sync.setup()  # the weight-sync group is re-formed around the new rank 0
 
     def _count(self, lost: ActorLost, cannot: Optional[str]) -> None:
-        """Note the death; raise (with every death so far) if there are too many or `cannot` says why not."""
-        self.deaths.append(f"{time.strftime('%H:%M:%S')} {lost}")
-        if self.rebuilds > self.max_restarts or cannot:
-            why = cannot or f"more than learner.max_restarts={self.max_restarts} learner deaths"
-            raise RuntimeError(f"learner lost, {why}: " + "; ".join(self.deaths)) from lost
+        count_death(self.deaths, lost, self.max_restarts, cannot)
 
     def _new_learner(self, reference: bool = True) -> None:
         from cluster.run_setup import start_learner

@@ -40,6 +40,7 @@ class Run:
     startup_seconds: float = 0.0  # from start_run's call until every actor is up and weight sync is joined
     critic: Any = None  # cluster.learner_group.CriticGroup: PPO's value model (cluster/ppo.py start_critic)
     notes: list[str] = dataclasses.field(default_factory=list)  # lines for the run's first lines (dtype choice ...)
+    learner_deaths: list[str] = dataclasses.field(default_factory=list)  # ranks lost while the learner started
 
     def shutdown(self) -> None:
         import ray
@@ -224,6 +225,21 @@ def start_learner(cfg: RunConfig, model_path: str, colocation: Any = None) -> An
                         temperature=cfg.rollout.sampling.temperature, device=cfg.cluster.device, colocation=colocation)
 
 
+def start_learner_group(cfg: RunConfig, model_path: str, colocation: Any, notes: list[str], deaths: list[str]) -> Any:
+    """The learner group at start-up. A rank lost while the group starts (placement, rendezvous, model
+    load) builds a new group at once; each death counts in learner.max_restarts (`deaths`)."""
+    from cluster.actor_group import ActorLost
+    from cluster.learner_recovery import count_death
+
+    while True:
+        try:
+            return start_learner(cfg, model_path, colocation)
+        except ActorLost as lost:
+            count_death(deaths, lost, cfg.learner.max_restarts)
+            notes.append(f"{lost}: while the learner group started; a new group starts "
+                         f"({len(deaths)} of at most {cfg.learner.max_restarts} rebuilds)")
+
+
 def start_run(cfg: RunConfig) -> Run:
     from transformers import AutoTokenizer
 
@@ -262,8 +278,9 @@ def start_run(cfg: RunConfig) -> Run:
     # the learner group builds its DeepSpeed engines: start-up pays the longer of the two, not the sum.
     colocation = Colocation(cfg) if cfg.cluster.colocate else None  # one bundle per (rank, engine) pair
     rollout = RolloutPool(model_path, cfg.rollout.dtype, cfg.rollout, cfg.reward, cfg.cluster.device, colocation)
+    deaths: list[str] = []
     try:
-        learner = start_learner(cfg, model_path, colocation)
+        learner = start_learner_group(cfg, model_path, colocation, notes, deaths)
     except BaseException:
         rollout.shutdown()
         raise
@@ -278,4 +295,4 @@ def start_run(cfg: RunConfig) -> Run:
                                                else "env" if cfg.rollout.env.name else "model")
     return Run(cfg, run_dir, model_path, tokenizer, train_prompts, eval_prompts, stream, learner, rollout, sync,
                ([probe_prompt + probe_tail], [len(probe_prompt)]), component, cfg.trainer.eval_threshold,
-               colocation, time.perf_counter() - t0, None, notes)
+               colocation, time.perf_counter() - t0, None, notes, deaths)

@@ -47,7 +47,7 @@ def _run(f: dict) -> str:
 
 
 WORKER_SCORER = f"{FT}::test_rollout_worker_and_reward_scorer_lost_are_replaced_and_nothing_is_lost"
-LEARNER = f"{FT}::test_learner_rank_lost_in_warm_start_and_in_training_is_rebuilt_each_time"
+LEARNER = f"{FT}::test_learner_rank_lost_at_start_in_warm_start_and_in_training_is_rebuilt_each_time"
 CRITIC = f"{FT}::test_critic_rank_killed_rebuilds_the_critic_and_brings_the_policy_back_to_the_same_checkpoint"
 
 ROWS = [
@@ -71,6 +71,10 @@ ROWS = [
         "the steps since the checkpoint retrained from the samples the driver held",
         "the learner's work since the checkpoint (redone from the same samples; nothing regenerated)",
         lambda f: _run(f) + f"; rebuilt in {f['rebuild_s']:.1f}s, steps {f['redone']} redone", "training"),
+    Row("learner rank SIGKILLed as the learner group starts (its processes just launched)", [LEARNER],
+        "the group is shut down and a new one built at once; the run then starts as it would have "
+        "(the death counts in learner.max_restarts)", "nothing (nothing had started)",
+        lambda f: _run(f) + f"; started in {f['started_s']:.1f}s with the second group", "start-up"),
     Row("learner rank SIGKILLed during the warm start (before any checkpoint)", [LEARNER],
         "a new learner group from model.path; the warm start is done again with the same seed (its losses "
         "reproduce the first attempt's exactly), the first attempt's rows go to metrics.discarded.jsonl; then RL",

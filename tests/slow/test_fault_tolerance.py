@@ -59,7 +59,8 @@ def faulted_run(config: str, over: list[str], run_dir: Path, *faults: Fault) -> 
                 assert time.monotonic() < deadline, f"the run never got ready for the {fault.victim} fault"
                 time.sleep(0.05)
             time.sleep(fault.pause)
-            in_progress.append(1 + max([r["step"] for r in read_metrics(run_dir) if r["kind"] == "train"], default=0))
+            done = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []  # none yet at start-up
+            in_progress.append(1 + max([r["step"] for r in done if r["kind"] == "train"], default=0))
             pids = actor_pids(fault.victim)
             assert len(pids) == fault.count, pids
             os.kill(max(pids), fault.signum)
@@ -112,20 +113,25 @@ def test_rollout_worker_and_reward_scorer_lost_are_replaced_and_nothing_is_lost(
     fault_report(**facts(rows, scorer_at), fault=f"reward scorer {signal.Signals(scorer).name}", replaced=1)
 
 
-def test_learner_rank_lost_in_warm_start_and_in_training_is_rebuilt_each_time(tmp_path, fault_report):
-    """Rank 1 of 2 SIGKILLed twice. In the warm start (no checkpoint exists before the step-0 one): a
+def test_learner_rank_lost_at_start_in_warm_start_and_in_training_is_rebuilt_each_time(tmp_path, fault_report):
+    """Rank 1 of 2 SIGKILLed three times. As the learner group starts (its two rank processes just
+    launched): a new group at once. In the warm start (no checkpoint exists before the step-0 one): a
     new learner group from model.path, the warm start done again with the same seed — reproducing the
     first attempt's losses. Then while step 3 trains: the group rebuilt from the step-2 checkpoint, the
     rollout worker brought to its weights, and step 3 retrained from the samples the driver held — no
-    prompt regenerated, skipped or trained twice."""
+    prompt regenerated, skipped or trained twice. All three count in learner.max_restarts."""
     run_dir = tmp_path / "run"
     ws = 200
     over = [f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *OVERRIDES, *PHASES["while_idle"],
-            f"trainer.warm_start.steps={ws}", "learner.num_ranks=2", "checkpoint.every=2", "checkpoint.keep_last=2"]
-    out, (_, in_progress) = faulted_run(
+            f"trainer.warm_start.steps={ws}", "learner.num_ranks=2", "learner.max_restarts=3", "checkpoint.every=2",
+            "checkpoint.keep_last=2"]
+    out, (_, _, in_progress) = faulted_run(
         "configs/demo_grpo.yaml", over, run_dir,
+        Fault("LearnerRank", 2, lambda: len(actor_pids("LearnerRank")) == 2),
         Fault("LearnerRank", 2, logged(run_dir, 50, "warm_start")),
         Fault("LearnerRank", 2, logged(run_dir, 2), pause=0.3))  # step 3 is learning (16 optimizer steps)
+    assert re.search(r"learner\[\d\] died during .*: while the learner group started; a new group starts "
+                     r"\(1 of at most 3 rebuilds\)", out), out[:3000]
     assert "before the first checkpoint; the learner starts over" in out
     metrics = read_metrics(run_dir)
     warm = [r for r in metrics if r["kind"] == "warm_start"]
@@ -135,8 +141,10 @@ def test_learner_rank_lost_in_warm_start_and_in_training_is_rebuilt_each_time(tm
     assert len(first) >= 50  # the first attempt's rows, set aside
     assert all(r["sft/loss"] == warm[r["step"] - 1]["sft/loss"] for r in first)  # same seed, same warm start
     rows = train_rows(run_dir)
-    rebuilt_s = assert_rebuilt(rows, out, "learner", 2, in_progress)
+    rebuilt_s = assert_rebuilt(rows, out, "learner", 3, in_progress)
     assert_every_prompt_trained_once(rows, over, tmp_path)
+    fault_report(**facts(rows), fault="start-up", rebuilt=1,
+                 started_s=float(re.search(r"started in ([0-9.]+)s", out).group(1)))
     fault_report(**facts(rows), fault="warm start", rebuilt=1, warm_start_steps_lost=len(first))
     fault_report(**facts(rows), fault="training", rebuilt=1, rebuild_s=rebuilt_s, redone=list(range(3, in_progress + 1)))
 
