@@ -1,7 +1,7 @@
 """What goes into a vLLM engine request and what comes out of it, as relayrl's Samples hold it: the
-prompt input, the per-prompt seed, and per completion its sampled logprobs, per-token weight
-versions and finish reason. Shared by the single-turn worker (actors/rollout.py) and the multi-turn
-loop (actors/multi_turn.py); no vLLM import."""
+prompt input, the per-prompt seed, per completion its sampled logprobs, per-token weight versions
+and finish reason, and a request's MoE routing taken from the capture. Shared by the single-turn
+worker (actors/rollout.py) and the multi-turn loop (actors/multi_turn.py); no vLLM import."""
 
 from __future__ import annotations
 
@@ -37,6 +37,16 @@ def token_versions(spans: Any, num_tokens: int, current: int) -> list[int]:
     for span in spans or ():
         out[span.start:span.end] = [int(span.version)] * (span.end - span.start)
     return out
+
+
+def taken_routing(taken: dict[str, Any]) -> Any:
+    """The routing one request's `routing_take` item carries (numpy [tokens, MoE layers, top_k],
+    actors/routing_capture.py), or None when routing is not recorded."""
+    if "routing" not in taken:
+        return None
+    import numpy as np
+
+    return np.frombuffer(taken["routing"], dtype=taken["dtype"]).reshape(taken["shape"])
 
 
 def engine_input(prompt: dict[str, Any]) -> Any:

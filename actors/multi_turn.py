@@ -35,7 +35,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-from actors.engine_io import finish_reason, sampled_logprobs, token_versions
+import numpy as np
+
+from actors.engine_io import finish_reason, sampled_logprobs, taken_routing, token_versions
 from actors.envs.base import Step, Turn, environment_class, environment_params, environment_stop
 from actors.types import Episode, Group, Sample
 
@@ -191,18 +193,15 @@ class MultiTurnRunner:
     def _take_routing(self, tr: _Trajectory) -> None:
         """MoE: the ended turn's expert counts and, when recorded, the routing of the positions its
         request was the first to compute (see the module docstring)."""
-        import numpy as np
-
         w = self.worker
         computed = len(tr.prompt_ids) + len(tr.response_ids) - 1  # the last sampled token is never fed
         with w._engine():
             taken = w.llm.collective_rpc("routing_take", args=([tr.request], [computed]))[0][0]
         counts = np.asarray(taken["counts"], dtype=np.int64)
         tr.expert_counts = counts if tr.expert_counts is None else tr.expert_counts + counts
-        if "routing" in taken:
-            rows = np.frombuffer(taken["routing"], dtype=taken["dtype"]).reshape(taken["shape"])
-            kept = 0 if tr.routing is None else len(tr.routing)
-            tr.routing = rows.copy() if tr.routing is None else np.concatenate([tr.routing, rows[kept:]])
+        rows = taken_routing(taken)
+        if rows is not None:
+            tr.routing = rows if tr.routing is None else np.concatenate([tr.routing, rows[len(tr.routing):]])
 
     def _collect(self, calls: dict, sampling: Optional[dict[str, Any]], by_request: dict) -> None:
         """Apply finished environment steps (observation, next turn or end); end the expired ones."""
@@ -275,7 +274,7 @@ class MultiTurnRunner:
             ))
         counts = [tr.expert_counts for tr in group if tr.expert_counts is not None]
         return Group(prompt_id=group[0].prompt["prompt_id"], samples=samples, generate_seconds=seconds,
-                     expert_counts=sum(counts[1:], counts[0]).tolist() if counts else None)
+                     expert_counts=np.sum(counts, axis=0).tolist() if counts else None)
 
     def stuck_threads(self) -> int:
         self.abandoned = [t for t in self.abandoned if t.is_alive()]

@@ -42,7 +42,7 @@ import time
 from typing import Any, Iterator, Optional
 
 from actors.config import RolloutConfig
-from actors.engine_io import engine_input, finish_reason, request_seed, sampled_logprobs, token_versions
+from actors.engine_io import engine_input, finish_reason, request_seed, sampled_logprobs, taken_routing, token_versions
 from actors.types import Group, Sample
 
 # Per-call / per-prompt sampling overrides: SamplingConfig's fields, plus these SamplingParams fields.
@@ -176,12 +176,7 @@ class RolloutWorker:
             return
         with self._generation_lock:
             with self._engine():
-                self._awake("generate")
-                if engine.has_unfinished_requests():
-                    raise RuntimeError("RolloutWorker runs one generation at a time; the engine still has requests")
-                self._reset_stale_prefix_cache()
-                if self.moe:
-                    self.llm.collective_rpc("routing_reset")  # what an aborted call left behind
+                self._begin_generation()
                 t0 = time.perf_counter()
                 # enqueue renders and adds the requests exactly as LLM.generate does; the loop below is the
                 # one LLM.generate runs, except that finished groups leave it as soon as they are done.
@@ -210,13 +205,17 @@ class RolloutWorker:
                              version_override: Optional[int]) -> Iterator[Group]:
         with self._generation_lock:
             with self._engine():
-                self._awake("generate")
-                if self.llm.llm_engine.has_unfinished_requests():
-                    raise RuntimeError("RolloutWorker runs one generation at a time; the engine still has requests")
-                self._reset_stale_prefix_cache()
-                if self.moe:
-                    self.llm.collective_rpc("routing_reset")  # what an aborted call left behind
+                self._begin_generation()
             yield from self.multi_turn.run(prompts, n, sampling, version_override)
+
+    def _begin_generation(self) -> None:
+        """Before a generation's first request (holding the engine): nothing left from another call."""
+        self._awake("generate")
+        if self.llm.llm_engine.has_unfinished_requests():
+            raise RuntimeError("RolloutWorker runs one generation at a time; the engine still has requests")
+        self._reset_stale_prefix_cache()
+        if self.moe:
+            self.llm.collective_rpc("routing_reset")  # what an aborted call left behind
 
     @contextlib.contextmanager
     def _engine(self, load: bool = False) -> Iterator[None]:
@@ -291,8 +290,7 @@ class RolloutWorker:
         taken = self.llm.collective_rpc("routing_take", args=(ids, lengths))[0]
         group.expert_counts = np.sum([t["counts"] for t in taken], axis=0).tolist()
         for sample, t in zip(group.samples, taken):
-            if "routing" in t:
-                sample.routed_experts = np.frombuffer(t["routing"], dtype=t["dtype"]).reshape(t["shape"])
+            sample.routed_experts = taken_routing(t)
 
     def _sampling_params(self, n: int, call: Optional[dict[str, Any]], prompt: dict[str, Any]):
         from vllm import SamplingParams

@@ -27,8 +27,8 @@ Before the step-0 checkpoint (written after warm start) there is nothing to rebu
 `start_over` builds a new learner from model.path and the trainer does the warm start again. A rank
 lost while a resumed run loads its checkpoint: `reload` builds a new learner group and the trainer
 loads the checkpoint again (nothing was trained yet, so nothing is redone).
-Every one of these counts: more than learner.max_restarts rebuilds in all, or no checkpoint to rebuild from once RL has started
-(checkpoint.every=0), stop the run with a report of every death.
+Every one of these counts: more than learner.max_restarts rebuilds in all, or no checkpoint to
+rebuild from once RL has started (checkpoint.every=0), stop the run with a report of every death.
 """
 
 from __future__ import annotations
