@@ -21,8 +21,9 @@ weights: both models go back to the same step. A dead policy rank reloads the cr
 Offline DPO holds nothing: its pairs come in an order fixed by data.seed, so the steps since the
 checkpoint take the same pairs again.
 
-A rank lost while the learner group itself starts (placement, rendezvous, model load; in
-`start_run`, before any of this exists): a new group is built at once (cluster/run_setup.py).
+A rank lost while the learner group itself starts (placement, rendezvous, model load, the
+weight-sync group forming; in `start_run`, before any of this exists): a new group is built at once
+and the weight-sync group formed again around its rank 0 (cluster/run_setup.py).
 Before the step-0 checkpoint (written after warm start) there is nothing to rebuild from:
 `start_over` builds a new learner from model.path and the trainer does the warm start again. A rank
 lost while a resumed run loads its checkpoint: `reload` builds a new learner group and the trainer

@@ -225,16 +225,28 @@ def start_learner(cfg: RunConfig, model_path: str, colocation: Any = None) -> An
                         temperature=cfg.rollout.sampling.temperature, device=cfg.cluster.device, colocation=colocation)
 
 
-def start_learner_group(cfg: RunConfig, model_path: str, colocation: Any, notes: list[str], deaths: list[str]) -> Any:
-    """The learner group at start-up. A rank lost while the group starts (placement, rendezvous, model
-    load) builds a new group at once; each death counts in learner.max_restarts (`deaths`)."""
+def start_learner_group(cfg: RunConfig, model_path: str, colocation: Any, rollout: Any, notes: list[str],
+                        deaths: list[str]) -> tuple[Any, Any]:
+    """The learner group and its weight-sync group with the rollout workers, at start-up. A learner rank
+    lost meanwhile (placement, rendezvous, model load, the weight-sync group forming) builds a new group
+    at once, and the weight-sync group is formed again around its rank 0; each death counts in
+    learner.max_restarts (`deaths`)."""
     from cluster.actor_group import ActorLost
-    from cluster.learner_recovery import count_death
+    from cluster.learner_recovery import LearnerRecovery, count_death
+    from cluster.weight_sync import WeightSync
 
     while True:
+        learner = None
         try:
-            return start_learner(cfg, model_path, colocation)
-        except ActorLost as lost:
+            learner = start_learner(cfg, model_path, colocation)
+            sync = WeightSync(learner, rollout, cfg.weight_sync, cfg.cluster.device)
+            sync.setup()
+            return learner, sync
+        except BaseException as lost:
+            if learner is not None:
+                learner.shutdown(lost=True)  # its ranks may wait on a dead one
+            if not (isinstance(lost, ActorLost) and LearnerRecovery.covers(lost)):
+                raise  # not a learner rank's death (e.g. a rollout worker's): the run cannot start
             count_death(deaths, lost, cfg.learner.max_restarts)
             notes.append(f"{lost}: while the learner group started; a new group starts "
                          f"({len(deaths)} of at most {cfg.learner.max_restarts} rebuilds)")
@@ -245,7 +257,6 @@ def start_run(cfg: RunConfig) -> Run:
 
     from cluster.colocation import Colocation
     from cluster.rollout_pool import RolloutPool
-    from cluster.weight_sync import WeightSync
 
     t0 = time.perf_counter()
     cfg, notes = resolve_run_dtypes(cfg)  # model.dtype=auto -> what this machine computes fastest
@@ -280,12 +291,10 @@ def start_run(cfg: RunConfig) -> Run:
     rollout = RolloutPool(model_path, cfg.rollout.dtype, cfg.rollout, cfg.reward, cfg.cluster.device, colocation)
     deaths: list[str] = []
     try:
-        learner = start_learner_group(cfg, model_path, colocation, notes, deaths)
+        learner, sync = start_learner_group(cfg, model_path, colocation, rollout, notes, deaths)
     except BaseException:
         rollout.shutdown()
         raise
-    sync = WeightSync(learner, rollout, cfg.weight_sync, cfg.cluster.device)
-    sync.setup()
     notes.append(record_placement(run_dir, actor_groups(learner, rollout)))
 
     probe_prompt = tokenizer(train_prompts[0]["prompt"], add_special_tokens=False)["input_ids"]

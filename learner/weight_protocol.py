@@ -18,7 +18,9 @@ buckets   `plan_buckets(manifest, bucket_bytes)`: lists of consecutive manifest 
 group     `vllm.distributed.utils.stateless_init_torch_distributed_process_group(host, port, rank,
           world_size=1 + rollout ranks, backend, timeout=...)`. Learner rank 0 is group rank 0; TP
           rank r of rollout worker i joins as `rank_offset_i + r` (offsets 1, 1 + tp_0, ...).
-          gloo on CPU, nccl on GPU.
+          gloo on CPU, nccl on GPU. Rank 0 listens on host:port before any receiver is asked to join
+          (`LearnerRank.weight_sync_address`), so a receiver that finds the port refusing knows rank 0
+          is gone and fails at once (`check_rendezvous_host`).
 update    for each bucket, in order: rank 0 broadcasts (root 0) ONE flat 1-D tensor of the
           bucket's dtype, `flatten` of the bucket's tensors (each `.reshape(-1)`, concatenated in
           bucket order). Receivers allocate it with `empty_flat` and cut it with `split_flat`.
@@ -50,6 +52,21 @@ DTYPE_BYTES = {
     "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
     "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1,
 }
+
+
+def check_rendezvous_host(host: str, port: int, timeout_s: float) -> None:
+    """Before a receiver joins: is rank 0 still listening on host:port? It opened the port before the
+    receiver was asked to join, so a refused connection means it is gone (a learner rank lost while
+    the group forms). Raise now: the TCP store's own connect would retry a refused port for about
+    twice timeout_s, holding this worker from the group formed again around a new rank 0. (Rank 0's
+    store sees this probe as a client that connected and left.)"""
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except ConnectionRefusedError as e:
+        raise ConnectionError(f"weight-sync rendezvous {host}:{port} refused the connection: the learner's rank 0 "
+                              f"that opened it is gone") from e
 
 
 def dtype_name(dtype: torch.dtype) -> str:

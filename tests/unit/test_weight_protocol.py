@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from learner.weight_protocol import (
-    DTYPE_BYTES, check_plan, dtype_name, empty_flat, entry_bytes, flatten, manifest_bytes, numel, plan_buckets,
+    DTYPE_BYTES, check_plan, check_rendezvous_host, dtype_name, empty_flat, entry_bytes, flatten, manifest_bytes, numel, plan_buckets,
     split_flat, torch_dtype,
 )
 
@@ -155,3 +155,15 @@ def test_the_receivers_check_includes_the_plan_check():
     msg = str(err.value)
     assert "does not send: h" in msg and "buckets [2] are empty or mix dtypes" in msg
     check_manifest(MANIFEST, plan_buckets(MANIFEST, 100), expected)  # a good plan passes
+
+
+def test_a_receiver_joining_a_rendezvous_whose_host_is_gone_fails_at_once():
+    from learner.weight_sync import listen_socket
+
+    sock = listen_socket("127.0.0.1")  # as rank 0 opens it before any receiver is asked to join
+    host, port = sock.getsockname()[:2]
+    check_rendezvous_host(host, port, timeout_s=5.0)  # listening: the receiver goes on to join
+    sock.close()  # rank 0 died: its port closed with it
+    with pytest.raises(ConnectionError, match=f"rendezvous 127.0.0.1:{port} refused .* rank 0 that opened it is gone") as err:
+        check_rendezvous_host(host, port, timeout_s=60.0)
+    assert isinstance(err.value.__cause__, ConnectionRefusedError)  # refused at once, not a wait that timed out
