@@ -229,8 +229,9 @@ def start_learner_group(cfg: RunConfig, model_path: str, colocation: Any, rollou
                         deaths: list[str]) -> tuple[Any, Any]:
     """The learner group and its weight-sync group with the rollout workers, at start-up. A learner rank
     lost meanwhile (placement, rendezvous, model load, the weight-sync group forming) builds a new group
-    at once, and the weight-sync group is formed again around its rank 0; each death counts in
-    learner.max_restarts (`deaths`)."""
+    at once, the death counted in learner.max_restarts (`deaths`). A rollout worker lost before it
+    joined (its engine starting, or the group forming) is replaced, counted in rollout.max_restarts;
+    the learner group, whose rank 0 would wait for the dead worker to join, is built again too."""
     from cluster.actor_group import ActorLost
     from cluster.learner_recovery import LearnerRecovery, count_death
     from cluster.weight_sync import WeightSync
@@ -244,12 +245,22 @@ def start_learner_group(cfg: RunConfig, model_path: str, colocation: Any, rollou
             return learner, sync
         except BaseException as lost:
             if learner is not None:
-                learner.shutdown(lost=True)  # its ranks may wait on a dead one
-            if not (isinstance(lost, ActorLost) and LearnerRecovery.covers(lost)):
-                raise  # not a learner rank's death (e.g. a rollout worker's): the run cannot start
-            count_death(deaths, lost, cfg.learner.max_restarts)
-            notes.append(f"{lost}: while the learner group started; a new group starts "
-                         f"({len(deaths)} of at most {cfg.learner.max_restarts} rebuilds)")
+                learner.shutdown(lost=True)  # its ranks may wait on a dead rank or rollout worker
+            if not isinstance(lost, ActorLost):
+                raise
+            if LearnerRecovery.covers(lost):
+                count_death(deaths, lost, cfg.learner.max_restarts)
+                notes.append(f"{lost}: while the learner group started; a new group starts "
+                             f"({len(deaths)} of at most {cfg.learner.max_restarts} rebuilds)")
+                continue
+            dead = rollout.dead_workers() if lost.name.startswith("rollout") else []
+            if not dead:
+                raise
+            for i in dead:
+                rollout.workers.replace(i, f"died as the run started ({lost})", rollout.rollout_cfg.max_restarts,
+                                        "rollout.max_restarts")
+            notes.append(f"{lost}: a new rollout worker in its place; the learner group and the weight-sync "
+                         f"group start again")
 
 
 def start_run(cfg: RunConfig) -> Run:

@@ -75,12 +75,13 @@ ROWS = [
         "the group is shut down and a new one built at once; the run then starts as it would have "
         "(the death counts in learner.max_restarts)", "nothing (nothing had started)",
         lambda f: _run(f) + f"; started in {f['started_s']:.1f}s with the second group", "start-up"),
-    Row("learner rank 0 SIGKILLed as it hosts the weight-sync group's rendezvous at start-up",
-        ["tests/integration/test_start_up_faults.py"],
-        "the learner group is shut down and a new one built; the rollout workers, whose join found the dead "
-        "host's port refusing and failed at once, form the group again around the new rank 0 (probe-verified); "
-        "the death counts in learner.max_restarts", "nothing (nothing had started)",
-        lambda f: f"started in {f['started_s']:.1f}s with the second group; probe diff {f['probe']:.1g}"),
+    Row("learner rank 0 SIGKILLed as it hosts the weight-sync group's rendezvous at start-up; then, in the "
+        "second try, the rollout worker", ["tests/integration/test_start_up_faults.py"],
+        "a learner rank: a new learner group (counts in learner.max_restarts); the rollout workers, whose join "
+        "found the dead host's port refusing, failed at once and form the group again around the new rank 0. A "
+        "rollout worker: replaced (counts in rollout.max_restarts) and the learner group built again (its rank 0 "
+        "would wait for the dead worker). The run then starts (probe-verified)", "nothing (nothing had started)",
+        lambda f: f"started in {f['started_s']:.1f}s with the third learner group; probe diff {f['probe']:.1g}"),
     Row("learner rank SIGKILLed during the warm start (before any checkpoint)", [LEARNER],
         "a new learner group from model.path; the warm start is done again with the same seed (its losses "
         "reproduce the first attempt's exactly), the first attempt's rows go to metrics.discarded.jsonl; then RL",
