@@ -3,53 +3,42 @@ off-policy correction, value and preference losses, group filters.
 
 Imports only torch and the standard library, so config validation and rollout workers can use
 the registries without pulling in the training stack. See docs/algorithms.md.
+
+The package's names load their module on first use (PEP 562 `__getattr__`): importing the
+package, or its torch-free `registry` module alone (as config, reward scorers and environments
+do), does not import torch; `learner.algorithms.SURROGATES` imports `surrogates` (and torch) then.
 """
 
-from .advantages import (ADVANTAGE_ESTIMATORS, NEEDS_CRITIC, TURN_CREDIT_ESTIMATORS, compute_advantages,
-                         decoupled_advantages, expand_to_tokens, gae, token_rewards, turn_advantages)
-from .aggregation import AGGREGATIONS, aggregate_loss, local_counts
-from .group_filters import dynamic_sampling_keep, gfpo_mask, gfpo_select, overlong_penalty
-from .kl import KL_ESTIMATORS, kl_penalty
-from .masking import masked_mean, masked_sum
-from .off_policy import OFF_POLICY, off_policy_weights
-from .preference import DPOParams, GroupPreferenceParams, dpo_loss, group_preference_loss
-from .registry import Entry, NoParams, Registry, build_dataclass, suggest
-from .surrogates import SURROGATES, surrogate_loss
-from .value import ValueLossParams, explained_variance, value_loss
+from __future__ import annotations
 
-__all__ = [
-    "ADVANTAGE_ESTIMATORS",
-    "AGGREGATIONS",
-    "KL_ESTIMATORS",
-    "NEEDS_CRITIC",
-    "OFF_POLICY",
-    "SURROGATES",
-    "DPOParams",
-    "Entry",
-    "GroupPreferenceParams",
-    "NoParams",
-    "Registry",
-    "ValueLossParams",
-    "aggregate_loss",
-    "build_dataclass",
-    "compute_advantages",
-    "decoupled_advantages",
-    "dpo_loss",
-    "dynamic_sampling_keep",
-    "expand_to_tokens",
-    "explained_variance",
-    "gae",
-    "gfpo_mask",
-    "gfpo_select",
-    "group_preference_loss",
-    "kl_penalty",
-    "local_counts",
-    "masked_mean",
-    "masked_sum",
-    "off_policy_weights",
-    "overlong_penalty",
-    "suggest",
-    "surrogate_loss",
-    "token_rewards",
-    "value_loss",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {  # module -> the names the package exports from it
+    "advantages": ("ADVANTAGE_ESTIMATORS", "NEEDS_CRITIC", "TURN_CREDIT_ESTIMATORS", "compute_advantages", "decoupled_advantages", "expand_to_tokens", "gae", "token_rewards", "turn_advantages"),
+    "aggregation": ("AGGREGATIONS", "aggregate_loss", "local_counts"),
+    "group_filters": ("dynamic_sampling_keep", "gfpo_mask", "gfpo_select", "overlong_penalty"),
+    "kl": ("KL_ESTIMATORS", "kl_penalty"),
+    "masking": ("masked_mean", "masked_sum"),
+    "off_policy": ("OFF_POLICY", "off_policy_weights"),
+    "preference": ("DPOParams", "GroupPreferenceParams", "dpo_loss", "group_preference_loss"),
+    "registry": ("Entry", "NoParams", "Registry", "build_dataclass", "suggest"),
+    "surrogates": ("SURROGATES", "surrogate_loss"),
+    "value": ("ValueLossParams", "explained_variance", "value_loss"),
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:  # a submodule not imported yet: `learner.algorithms.surrogates`
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))

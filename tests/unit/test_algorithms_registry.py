@@ -106,6 +106,15 @@ def test_import_is_light():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_registry_and_the_config_schema_import_without_torch():
+    """The package's names load lazily: config validation's schema and the registry module (which the
+    reward scorers and environments use) do not import torch; a name of the package does."""
+    code = ("import sys, learner.algorithms.registry, cluster.config; before = 'torch' in sys.modules;"
+            "import learner.algorithms as alg; alg.SURROGATES; print(before, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+
+
 def test_public_api_is_exported():
     for name in alg.__all__:
         assert hasattr(alg, name), name
