@@ -44,7 +44,6 @@ from typing import Any, Iterator, Optional
 from actors.config import RolloutConfig
 from actors.engine_io import engine_input, finish_reason, request_seed, sampled_logprobs, taken_routing, token_versions
 from actors.types import Group, Sample
-from learner.weight_protocol import check_rendezvous_host
 
 # Per-call / per-prompt sampling overrides: SamplingConfig's fields, plus these SamplingParams fields.
 _EXTRA_SAMPLING_KEYS = ("ignore_eos", "stop_token_ids", "seed")
@@ -377,7 +376,6 @@ class RolloutWorker:
 
         Protocol: learner/weight_protocol.py. Every TP rank of this engine joins as rank_offset + tp_rank.
         """
-        check_rendezvous_host(host, port, timeout_s)  # rank 0 gone: fail now, free for the next group
         with self._engine(load=True):
             infos = self.llm.collective_rpc(
                 "init_weight_sync", args=(host, port, rank_offset, world_size, manifest, buckets, backend, timeout_s))

@@ -22,8 +22,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from learner.weight_protocol import (ManifestEntry, check_plan, empty_flat, file_layout, file_view, manifest_bytes,
-                                     split_flat)
+from learner.weight_protocol import (ManifestEntry, check_plan, check_rendezvous_host, empty_flat, file_layout, file_view,
+                                     manifest_bytes, split_flat)
 
 Manifest = Sequence[ManifestEntry]
 Buckets = Sequence[Sequence[int]]
@@ -98,6 +98,7 @@ class WeightReceiver:
         from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
         self._relayrl_agree(manifest, buckets)
+        check_rendezvous_host(host, port, timeout_s)  # rank 0 gone: fail now, free for the group formed next
         self._relayrl_timeout = timedelta(seconds=float(timeout_s))
         self.close_weight_sync()  # a re-initialisation (e.g. after a learner restart) replaces the old group
         rank = rank_offset + get_tensor_model_parallel_rank()

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from learner.weight_protocol import ManifestEntry, dtype_name, flatten, plan_buckets
-from learner.weight_sync import init_group
+from learner.weight_sync import init_group, listen_socket
 
 
 def free_port() -> int:
@@ -128,6 +128,14 @@ def sampler_vs_hf(model_dir: str | Path, groups, temperature: float) -> float:
 
 # ---- the sender process --------------------------------------------------------------------------
 
+def _listening(conn, kw: dict) -> socket.socket:
+    """Listen on host:port and say so before joining, as learner rank 0 does before any receiver is
+    asked to join (learner/weight_protocol.py: a receiver takes a refused port for a dead host)."""
+    sock = listen_socket(kw["host"], kw["port"])
+    conn.send(("ok", "listening"))
+    return sock
+
+
 def _serve(conn) -> None:
     pg, flats, learner = None, [], None
     while True:
@@ -137,7 +145,8 @@ def _serve(conn) -> None:
                 conn.send(("ok", None))
                 return
             if cmd == "init":
-                pg = init_group(kw["host"], kw["port"], 0, kw["world_size"], "gloo", kw["timeout_s"])
+                listen = _listening(conn, kw)
+                pg = init_group(kw["host"], kw["port"], 0, kw["world_size"], "gloo", kw["timeout_s"], listen)
                 conn.send(("ok", None))
             elif cmd == "prepare":
                 sd = load_checkpoint(kw["model_dir"])
@@ -161,7 +170,8 @@ def _serve(conn) -> None:
                 learner = LearnerSender(WeightLayout(model), rank=0, bucket_bytes=kw["bucket_bytes"])
                 conn.send(("ok", (learner.layout.manifest, learner.buckets)))
             elif cmd == "learner_connect":
-                learner.connect(kw["host"], kw["port"], kw["world_size"], "gloo", kw["timeout_s"])
+                listen = _listening(conn, kw)
+                learner.connect(kw["host"], kw["port"], kw["world_size"], "gloo", kw["timeout_s"], listen)
                 conn.send(("ok", None))
             elif cmd == "learner_broadcast":
                 conn.send(("ok", learner.broadcast()))
@@ -179,7 +189,9 @@ class WeightSender:
         self._proc.start()
 
     def start_init(self, host: str, port: int, world_size: int, timeout_s: float = 60.0) -> None:
+        """Host the group on host:port: returns once listening; `wait()` for the group to form."""
         self._conn.send(("init", dict(host=host, port=port, world_size=world_size, timeout_s=timeout_s)))
+        self.wait()
 
     def prepare(self, model_dir: str | Path, seed: int | None, scale: float = 0.0, bucket_bytes: int = 1 << 16) -> None:
         """Build the buckets of model_dir's checkpoint, perturbed with (seed, scale) unless seed is None."""
@@ -201,7 +213,9 @@ class WeightSender:
         return self.wait()
 
     def start_learner_connect(self, host: str, port: int, world_size: int, timeout_s: float = 60.0) -> None:
+        """As start_init, with the learner's own sender."""
         self._conn.send(("learner_connect", dict(host=host, port=port, world_size=world_size, timeout_s=timeout_s)))
+        self.wait()
 
     def start_learner_broadcast(self) -> None:
         self._conn.send(("learner_broadcast", {}))
