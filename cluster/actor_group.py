@@ -30,6 +30,12 @@ class ActorLost(RuntimeError):
     def __init__(self, name: str, what: str, error: BaseException):
         super().__init__(f"{name} died during {what}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
         self.name = name
+        self.error = error  # Ray's error for the death
+
+    @property
+    def in_constructor(self) -> bool:
+        """The actor's constructor raised (e.g. an engine that cannot start): a new one would too."""
+        return bool(getattr(self.error, "actor_init_failed", False))
 
 
 @dataclasses.dataclass

@@ -244,6 +244,8 @@ class RolloutPool:
                 ray.get(w.health.remote(), timeout=timeout_s)
             except ray.exceptions.RayActorError:
                 dead.append(i)
+            except ray.exceptions.GetTimeoutError:
+                pass  # alive, busy with an earlier call (an engine starting, a join still waiting)
         return dead
 
     @property

@@ -229,9 +229,12 @@ def start_learner_group(cfg: RunConfig, model_path: str, colocation: Any, rollou
                         deaths: list[str]) -> tuple[Any, Any]:
     """The learner group and its weight-sync group with the rollout workers, at start-up. A learner rank
     lost meanwhile (placement, rendezvous, model load, the weight-sync group forming) builds a new group
-    at once, the death counted in learner.max_restarts (`deaths`). A rollout worker lost before it
-    joined (its engine starting, or the group forming) is replaced, counted in rollout.max_restarts;
-    the learner group, whose rank 0 would wait for the dead worker to join, is built again too."""
+    at once, the death counted in learner.max_restarts (`deaths`); the rollout workers' joins to the
+    dead rank 0 fail at once if it died before they probed its port (check_rendezvous_host), else they
+    wait out their connect (up to ~2x weight_sync.timeout_s, which the next set-up may not survive). A
+    rollout worker lost before it joined (its engine starting, or the group forming) is replaced,
+    counted in rollout.max_restarts; the learner group, whose rank 0 would wait for the dead worker to
+    join, is built again too. An actor whose constructor raised is not retried: the error is raised."""
     from cluster.actor_group import ActorLost
     from cluster.learner_recovery import LearnerRecovery, count_death
     from cluster.weight_sync import WeightSync
@@ -246,8 +249,8 @@ def start_learner_group(cfg: RunConfig, model_path: str, colocation: Any, rollou
         except BaseException as lost:
             if learner is not None:
                 learner.shutdown(lost=True)  # its ranks may wait on a dead rank or rollout worker
-            if not isinstance(lost, ActorLost):
-                raise
+            if not isinstance(lost, ActorLost) or lost.in_constructor:
+                raise  # not a death, or one a new actor would repeat
             if LearnerRecovery.covers(lost):
                 count_death(deaths, lost, cfg.learner.max_restarts)
                 notes.append(f"{lost}: while the learner group started; a new group starts "

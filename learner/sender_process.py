@@ -13,8 +13,9 @@ integration tests and scripts/bench_rollout.py):
 
 The sender runs in its own spawned process, because the group is collective: rank 0 and the rollout
 worker (in the calling process) must be inside the group's init and `broadcast` at the same time.
-Commands are asynchronous: `start_*` returns at once, `wait()` returns the command's result (or
-re-raises its error).
+Commands are asynchronous: `start_*` returns at once (`start_init` and `start_learner_connect` once
+the sender listens, as rank 0 does before a receiver is asked to join), `wait()` returns the
+command's result (or re-raises its error).
 
 Import-light: torch only at module level (safetensors, transformers and vLLM are imported when used).
 """
@@ -145,8 +146,8 @@ def _serve(conn) -> None:
                 conn.send(("ok", None))
                 return
             if cmd == "init":
-                listen = _listening(conn, kw)
-                pg = init_group(kw["host"], kw["port"], 0, kw["world_size"], "gloo", kw["timeout_s"], listen)
+                with _listening(conn, kw) as listen:  # closed if the group never takes it over
+                    pg = init_group(kw["host"], kw["port"], 0, kw["world_size"], "gloo", kw["timeout_s"], listen)
                 conn.send(("ok", None))
             elif cmd == "prepare":
                 sd = load_checkpoint(kw["model_dir"])
@@ -170,8 +171,8 @@ def _serve(conn) -> None:
                 learner = LearnerSender(WeightLayout(model), rank=0, bucket_bytes=kw["bucket_bytes"])
                 conn.send(("ok", (learner.layout.manifest, learner.buckets)))
             elif cmd == "learner_connect":
-                listen = _listening(conn, kw)
-                learner.connect(kw["host"], kw["port"], kw["world_size"], "gloo", kw["timeout_s"], listen)
+                with _listening(conn, kw) as listen:
+                    learner.connect(kw["host"], kw["port"], kw["world_size"], "gloo", kw["timeout_s"], listen)
                 conn.send(("ok", None))
             elif cmd == "learner_broadcast":
                 conn.send(("ok", learner.broadcast()))

@@ -66,7 +66,7 @@ def check_rendezvous_host(host: str, port: int, timeout_s: float) -> None:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except ConnectionRefusedError as e:
         raise ConnectionError(f"weight-sync rendezvous {host}:{port} refused the connection: the learner's rank 0 "
-                              f"that opened it is gone") from e
+                              f"that opened it is gone or no longer serving it") from e
 
 
 def dtype_name(dtype: torch.dtype) -> str:

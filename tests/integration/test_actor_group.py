@@ -52,6 +52,7 @@ def test_a_dead_actor_is_named_replaced_and_too_many_deaths_stop_with_a_report()
             wait_all([g.actors[1].node_info.remote(), g.actors[0].node_info.remote()], ["echo[1]", "echo[0]"],
                      "node_info", 30)
         assert lost.value.name == "echo[1]" and "died during node_info" in str(lost.value)
+        assert not lost.value.in_constructor  # killed: a new actor would live
         g.replace(1, "killed", max_failures=2, knob="echo.max_restarts")
         after = pids(g)
         assert after[0] == before[0] and after[1] not in before  # a new actor in the dead one's place
@@ -60,6 +61,27 @@ def test_a_dead_actor_is_named_replaced_and_too_many_deaths_stop_with_a_report()
             g.replace(0, "and again", max_failures=2, knob="echo.max_restarts")
         assert "echo[1]" in str(err.value) and "killed again" in str(err.value)  # the report lists every death
         assert pids(g)[0] == before[0]  # the refused replacement did not touch actor 0
+    finally:
+        g.shutdown(method=None)
+
+
+class BrokenAtStart:
+    """An actor whose constructor raises, as a rollout worker whose engine cannot start."""
+
+    def __init__(self):
+        raise ValueError("kv cache does not fit")
+
+    def node_info(self):
+        return None
+
+
+def test_an_actor_whose_constructor_raised_is_lost_in_its_constructor():
+    g = ActorGroup(GroupSpec("broken", 1, cpus_per_actor=0.5), BrokenAtStart, args_for=lambda i: ((), {}))
+    try:
+        with pytest.raises(ActorLost) as lost:
+            g.call("node_info", timeout=60)
+        assert lost.value.name == "broken[0]" and lost.value.in_constructor  # start-up does not retry it
+        assert "raised in its creation task" in str(lost.value.error)
     finally:
         g.shutdown(method=None)
 

@@ -10,7 +10,6 @@ lost mid-run: tests/slow/test_fault_tolerance.py.)
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
@@ -42,8 +41,10 @@ def kill(cls: str) -> int:
 
     pids = actor_pids(cls)
     assert len(pids) == 1, (cls, pids)
-    os.kill(pids[0], signal.SIGKILL)
-    psutil.wait_procs([psutil.Process(pids[0])], timeout=30)
+    proc = psutil.Process(pids[0])
+    proc.send_signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs([proc], timeout=30)
+    assert not alive, alive
     return pids[0]
 
 
