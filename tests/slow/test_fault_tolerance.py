@@ -45,9 +45,17 @@ class Fault:
     pause: float = 0.0
 
 
-def faulted_run(config: str, over: list[str], run_dir: Path, *faults: Fault) -> tuple[str, list[int]]:
+def step_under_way(run_dir: Path) -> int:
+    done = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []  # none yet at start-up
+    return 1 + max([r["step"] for r in done if r["kind"] == "train"], default=0)
+
+
+def faulted_run(config: str, over: list[str], run_dir: Path, *faults: Fault) -> tuple[str, list[tuple[int, int]]]:
     """`relayrl train config *over` with `faults` injected one after another. Returns the run's console
-    output and, per fault, the train step under way when it struck; the run must finish (exit 0)."""
+    output and, per fault, the train step under way when it struck, as bounds (read just before the
+    signal and 0.5 s after it: a step can end between the read and the kill, or its row be written
+    just after it; a rebuild takes seconds, so no step the fault interrupted is logged by then).
+    The run must finish (exit 0)."""
     proc = subprocess.Popen([str(Path(sys.executable).with_name("relayrl")), "train", config, *over],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     in_progress = []
@@ -58,12 +66,13 @@ def faulted_run(config: str, over: list[str], run_dir: Path, *faults: Fault) -> 
                 assert proc.poll() is None, f"the run ended before the {fault.victim} fault: {proc.communicate()[0][-3000:]}"
                 assert time.monotonic() < deadline, f"the run never got ready for the {fault.victim} fault"
                 time.sleep(0.05)
-            time.sleep(fault.pause)
-            done = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []  # none yet at start-up
-            in_progress.append(1 + max([r["step"] for r in done if r["kind"] == "train"], default=0))
             pids = actor_pids(fault.victim)
             assert len(pids) == fault.count, pids
+            time.sleep(fault.pause)
+            before = step_under_way(run_dir)
             os.kill(max(pids), fault.signum)
+            time.sleep(0.5)
+            in_progress.append((before, step_under_way(run_dir)))
         out, _ = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
@@ -78,16 +87,18 @@ def train_rows(run_dir: Path) -> list[dict]:
     return rows
 
 
-def assert_rebuilt(rows: list[dict], out: str, group: str, rebuilds: int, in_progress: int) -> float:
-    """A rebuilt learner/critic group: the steps since the step-2 checkpoint retrained from the held
-    samples, the rollout worker never replaced but re-synced (probe), every prompt trained once.
-    Returns the rebuild's seconds, as the run printed them."""
+def assert_rebuilt(rows: list[dict], out: str, group: str, rebuilds: int, struck: tuple[int, int]) -> tuple[float, int]:
+    """A rebuilt learner/critic group: the steps since the step-2 checkpoint up to the one the fault
+    struck (within `struck`'s bounds) retrained from the held samples, the rollout worker never replaced
+    but re-synced (probe), every prompt trained once. Returns the rebuild's seconds, as the run printed
+    them, and the step the fault struck."""
     assert f"rebuilding the {group} from step_000002" in out and re.search(rf"{group}\[\d\] died during", out)
     assert rows[-1]["learner/rebuilds"] == rebuilds and rows[-1]["rollout/worker_restarts"] == 0
     redone = {r["step"] for r in rows if r["learner/redone"]}
-    assert redone == set(range(3, in_progress + 1))  # the steps since the checkpoint, from the held samples
+    assert redone and struck[0] <= max(redone) <= struck[1], (redone, struck)
+    assert redone == set(range(3, max(redone) + 1))  # the steps since the checkpoint, from the held samples
     assert all(r["sync/probe_max_abs_diff"] <= 1e-4 for r in rows)  # the workers hold the rebuilt group's weights
-    return float(re.search(rf"{group} rebuilt in ([0-9.]+)s", out).group(1))
+    return float(re.search(rf"{group} rebuilt in ([0-9.]+)s", out).group(1)), max(redone)
 
 
 @pytest.mark.parametrize("phase", sorted(PHASES))
@@ -109,8 +120,8 @@ def test_rollout_worker_and_reward_scorer_lost_are_replaced_and_nothing_is_lost(
     assert all(r["sync/probe_max_abs_diff"] <= 1e-4 for r in rows)  # the replacement holds the learner's weights
     assert all(r["reward/errors"] == 0 and "reward/arithmetic" in r for r in rows)  # every sample really scored
     assert_every_prompt_trained_once(rows, over, tmp_path)
-    fault_report(**facts(rows, worker_at), fault=f"rollout worker {phase}", replaced=1)
-    fault_report(**facts(rows, scorer_at), fault=f"reward scorer {signal.Signals(scorer).name}", replaced=1)
+    fault_report(**facts(rows, worker_at[0]), fault=f"rollout worker {phase}", replaced=1)
+    fault_report(**facts(rows, scorer_at[0]), fault=f"reward scorer {signal.Signals(scorer).name}", replaced=1)
 
 
 def test_learner_rank_lost_at_start_in_warm_start_and_in_training_is_rebuilt_each_time(tmp_path, fault_report):
@@ -125,7 +136,7 @@ def test_learner_rank_lost_at_start_in_warm_start_and_in_training_is_rebuilt_eac
     over = [f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *OVERRIDES, *PHASES["while_idle"],
             f"trainer.warm_start.steps={ws}", "learner.num_ranks=2", "learner.max_restarts=3", "checkpoint.every=2",
             "checkpoint.keep_last=2"]
-    out, (_, _, in_progress) = faulted_run(
+    out, (_, _, struck) = faulted_run(
         "configs/demo_grpo.yaml", over, run_dir,
         Fault("LearnerRank", 2, lambda: len(actor_pids("LearnerRank")) == 2),
         Fault("LearnerRank", 2, logged(run_dir, 50, "warm_start")),
@@ -141,7 +152,7 @@ def test_learner_rank_lost_at_start_in_warm_start_and_in_training_is_rebuilt_eac
     assert len(first) >= 50  # the first attempt's rows, set aside
     assert all(r["sft/loss"] == warm[r["step"] - 1]["sft/loss"] for r in first)  # same seed, same warm start
     rows = train_rows(run_dir)
-    rebuilt_s = assert_rebuilt(rows, out, "learner", 3, in_progress)
+    rebuilt_s, in_progress = assert_rebuilt(rows, out, "learner", 3, struck)
     assert_every_prompt_trained_once(rows, over, tmp_path)
     fault_report(**facts(rows), fault="start-up", rebuilt=1,
                  started_s=float(re.search(r"started in ([0-9.]+)s", out).group(1)))
@@ -157,10 +168,10 @@ def test_critic_rank_killed_rebuilds_the_critic_and_brings_the_policy_back_to_th
     run_dir = tmp_path / "run"
     over = [f"model.path={tmp_path}/model", f"logging.run_dir={run_dir}", *OVERRIDES, *PHASES["while_idle"],
             "checkpoint.every=2", "checkpoint.keep_last=2"]
-    out, (in_progress,) = faulted_run("configs/demo_ppo.yaml", over, run_dir,
+    out, (struck,) = faulted_run("configs/demo_ppo.yaml", over, run_dir,
                                       Fault("CriticRank", 1, logged(run_dir, 2), pause=0.3))  # step 3 is learning
     rows = train_rows(run_dir)
-    rebuilt_s = assert_rebuilt(rows, out, "critic", 1, in_progress)
+    rebuilt_s, in_progress = assert_rebuilt(rows, out, "critic", 1, struck)
     assert all(r["critic/loss"] > 0 and r["critic/nonfinite_skipped"] == 0 for r in rows)  # the new critic trains
     assert_every_prompt_trained_once(rows, over, tmp_path)
     where = json.loads((run_dir / "placement.json").read_text())  # rewritten with the rebuilt critic

@@ -10,6 +10,7 @@ the model's programs in the sandbox; their outputs come back as observations.
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,7 @@ ROWS = 4
 
 def gsm8k_tool_rows(path):
     rows = []
-    for line in open("configs/data/gsm8k/sample.jsonl", encoding="utf-8"):
+    for line in Path("configs/data/gsm8k/sample.jsonl").read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         calls = re.findall(r"<<([^=<>]+)=([^<>]+)>>", r["answer"])
         if not calls or len(rows) == ROWS:
@@ -62,7 +63,8 @@ def test_python_tool_runs_the_models_code_in_the_sandbox(tmp_path):
         assert r["sync/probe_max_abs_diff"] <= 1e-4  # observation tokens in the batch; weights still synced
         assert r["env/tool_call_rate"] > 0 and r["env/errors"] == 0 and r["env/turns_mean"] > 1
     # the model's programs ran: some observation holds what its own program prints
-    dumped = [json.loads(line) for f in sorted((run_dir / "samples").glob("*.jsonl")) for line in open(f)]
+    dumped = [json.loads(line) for f in sorted((run_dir / "samples").glob("*.jsonl"))
+              for line in f.read_text().splitlines()]
     ran = 0
     for d in dumped:
         m = re.search(r"<python>print\(([^()]*)\)</python><output>([^<]*)</output>", d["completion"])
