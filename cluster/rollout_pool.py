@@ -217,13 +217,24 @@ class RolloutPool:
 
     def replace_worker(self, i: int, error: str) -> None:
         """Start a new rollout worker in place of dead worker i and bring it to the learner's weights."""
-        log.warning("rollout[%d] died (%s): replacing it", i, error)
-        self.workers.replace(i, error, self.rollout_cfg.max_restarts, "rollout.max_restarts")
+        self.replace_dead([i], error)
         if self.on_replaced is not None:
             self.on_replaced([i])
-        where = node_facts(self.workers.nodes([i])[0])
-        log.warning("rollout[%d] replaced: the new worker runs on node %s %s%s", i, where["ip"], where["node_id"][:8],
-                    "".join(f" {k}={v}" for k, v in sorted(where["labels"].items())))
+
+    def replace_dead(self, dead: list[int], error: str) -> None:
+        """Start a new rollout worker in place of each dead one (counted in rollout.max_restarts). The
+        new workers hold no weights yet: the caller brings them (`replace_worker`, or the weight-sync
+        group that re-forms)."""
+        for i in dead:
+            log.warning("rollout[%d] died (%s): replacing it", i, error)
+            self.workers.replace(i, error, self.rollout_cfg.max_restarts, "rollout.max_restarts")
+            where = node_facts(self.workers.nodes([i])[0])
+            log.warning("rollout[%d] replaced: the new worker runs on node %s %s%s", i, where["ip"],
+                        where["node_id"][:8], "".join(f" {k}={v}" for k, v in sorted(where["labels"].items())))
+
+    def dead_after(self, lost: ActorLost) -> list[int]:
+        """The rollout workers dead after `lost` was reported: none unless `lost` was a rollout worker."""
+        return self.dead_workers() if lost.name.startswith("rollout") else []
 
     def scale_to(self, n: int) -> list[int]:
         """n rollout workers: new ones are placed and started (indices returned; they still need the

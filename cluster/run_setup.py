@@ -256,12 +256,10 @@ def start_learner_group(cfg: RunConfig, model_path: str, colocation: Any, rollou
                 notes.append(f"{lost}: while the learner group started; a new group starts "
                              f"({len(deaths)} of at most {cfg.learner.max_restarts} rebuilds)")
                 continue
-            dead = rollout.dead_workers() if lost.name.startswith("rollout") else []
+            dead = rollout.dead_after(lost)
             if not dead:
                 raise
-            for i in dead:
-                rollout.workers.replace(i, f"died as the run started ({lost})", rollout.rollout_cfg.max_restarts,
-                                        "rollout.max_restarts")
+            rollout.replace_dead(dead, f"died as the run started ({lost})")
             notes.append(f"{lost}: a new rollout worker in its place; the learner group and the weight-sync "
                          f"group start again")
 

@@ -13,16 +13,11 @@ import threading
 import time
 from typing import Any
 
-import logging
-
 import ray
 
 from cluster.actor_group import ActorLost, wait_all
 from cluster.config import WeightSyncConfig
 from learner.weight_protocol import manifest_bytes
-
-
-log = logging.getLogger("relayrl")
 
 
 class WeightSync:
@@ -87,16 +82,13 @@ class WeightSync:
             try:
                 self._send(version)
             except ActorLost as lost:
-                dead = self.rollout.dead_workers() if lost.name.startswith("rollout") else []
+                dead = self.rollout.dead_after(lost)
                 if not dead:
                     raise  # the learner died: the trainer rebuilds it (cluster/learner_recovery.py)
                 # a worker died while idle: let the sender give up on the broken group, replace the
                 # dead, re-form the group, and send this version again
                 ray.wait(self._sending, num_returns=len(self._sending), timeout=self.cfg.timeout_s)
-                for i in dead:
-                    log.warning("rollout[%d] died before the weight push of v%d: replacing it", i, version)
-                    self.rollout.workers.replace(i, "died before a weight push", self.rollout.rollout_cfg.max_restarts,
-                                                "rollout.max_restarts")
+                self.rollout.replace_dead(dead, f"died before the weight push of v{version}")
                 self.setup()
                 out = self.push(version)
                 if self.probe is not None:

@@ -15,7 +15,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {  # module -> the names the package exports from it
-    "advantages": ("ADVANTAGE_ESTIMATORS", "NEEDS_CRITIC", "TURN_CREDIT_ESTIMATORS", "compute_advantages", "decoupled_advantages", "expand_to_tokens", "gae", "token_rewards", "turn_advantages"),
+    "advantages": ("ADVANTAGE_ESTIMATORS", "NEEDS_CRITIC", "TURN_CREDIT_ESTIMATORS", "compute_advantages",
+                   "decoupled_advantages", "expand_to_tokens", "gae", "token_rewards", "turn_advantages"),
     "aggregation": ("AGGREGATIONS", "aggregate_loss", "local_counts"),
     "group_filters": ("dynamic_sampling_keep", "gfpo_mask", "gfpo_select", "overlong_penalty"),
     "kl": ("KL_ESTIMATORS", "kl_penalty"),

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from learner.weight_protocol import (
-    DTYPE_BYTES, check_plan, check_rendezvous_host, dtype_name, empty_flat, entry_bytes, flatten, manifest_bytes, numel, plan_buckets,
-    split_flat, torch_dtype,
+    DTYPE_BYTES, check_plan, check_rendezvous_host, dtype_name, empty_flat, entry_bytes, flatten, manifest_bytes, numel,
+    plan_buckets, split_flat, torch_dtype,
 )
 
 pytestmark = pytest.mark.unit
