@@ -230,8 +230,10 @@ def start_learner_group(cfg: RunConfig, model_path: str, colocation: Any, rollou
     """The learner group and its weight-sync group with the rollout workers, at start-up. A learner rank
     lost meanwhile (placement, rendezvous, model load, the weight-sync group forming) builds a new group
     at once, the death counted in learner.max_restarts (`deaths`); the rollout workers' joins to the
-    dead rank 0 fail at once if it died before they probed its port (check_rendezvous_host), else they
-    wait out their connect (up to ~2x weight_sync.timeout_s, which the next set-up may not survive). A
+    dead rank 0 fail at once: before they probed its port by the refusal (check_rendezvous_host), once
+    connected to its store by the reset connection (measured: at once). Only a rank 0 lost in the
+    milliseconds between a worker's probe and its connect leaves that worker retrying a refused port
+    for ~2x weight_sync.timeout_s, which the next set-up, bounded by timeout_s, does not survive. A
     rollout worker lost before it joined (its engine starting, or the group forming) is replaced,
     counted in rollout.max_restarts; the learner group, whose rank 0 would wait for the dead worker to
     join, is built again too. An actor whose constructor raised is not retried: the error is raised."""
