@@ -26,6 +26,7 @@ import ray
 
 from actors.config import RewardConfig, RolloutConfig
 from actors.reward.model_rm import ModelRewardScorer
+from actors.reward.scorer import CONCURRENCY as SCORER_CONCURRENCY
 from actors.reward.scorer import RewardScorer, group_seconds_bound
 from actors.rollout import RolloutWorker
 from actors.types import Group
@@ -82,7 +83,7 @@ class RolloutPool:
             RewardScorer,
             args_for=lambda i: ((specs,), {"timeout_s": reward.timeout_s,
                                            "env_weight": rollout.env.reward_weight if rollout.env.name else None}),
-            max_concurrency=4,  # scoring is I/O- or subprocess-bound: overlap several groups per actor
+            max_concurrency=SCORER_CONCURRENCY,  # scoring is I/O- or subprocess-bound: overlap several groups
         )
         self._next_scorer = 0
         self._scorer_bound_s = group_seconds_bound(rollout.n, len(reward.functions), reward.timeout_s) + SCORER_SLACK_S

@@ -16,17 +16,20 @@ Multi-turn trajectories (rollout.env; `env_weight` set): the environment's rewar
 turns, are component "env" with weight `env_weight`; a trajectory whose environment failed
 (Episode.error) scores 0 with reward_error "env:<reason>", counted like a function's failure.
 
-Timeouts: each call runs in a daemon thread of its own, and the scorer stops waiting at the
-deadline. Python cannot kill a thread, so a call that never returns is abandoned (counted as
-"reward/stuck_threads"); a C extension that holds the GIL cannot be interrupted this way at all.
-Untrusted code goes through code_exec's subprocess sandbox, which is killed, not abandoned.
+Timeouts: calls run on the scorer's own daemon threads (CallPool; started once, not per call:
+a thread per call cost ~3 ms per group of 16, more than the arithmetic reward itself), and the
+scorer stops waiting `timeout_s` after a call started. Python cannot kill a thread, so a call that
+never returns is abandoned: a new thread takes its place, and the old one, counted in
+"reward/stuck_threads" while it runs, ends if the call ever returns. A C extension that holds the
+GIL cannot be interrupted this way at all. Untrusted code goes through code_exec's subprocess
+sandbox, which is killed, not abandoned.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import math
+import queue
 import threading
 import time
 from typing import Any, Iterable, Optional
@@ -37,6 +40,7 @@ from actors.types import Group, Sample
 
 MAX_ERROR_CHARS = 200
 THREADS = 4  # reward-function calls a scorer runs at once per score() call
+CONCURRENCY = 4  # score() calls one scorer actor runs at once (its Ray max_concurrency)
 
 
 def group_seconds_bound(samples: int, functions: int, timeout_s: float, threads: int = THREADS) -> float:
@@ -44,6 +48,80 @@ def group_seconds_bound(samples: int, functions: int, timeout_s: float, threads:
     time and each is abandoned at `timeout_s`. A scorer silent for longer than this (plus slack) with
     work outstanding is hung, not slow."""
     return math.ceil(samples * max(1, functions) / threads) * timeout_s
+
+
+class Call:
+    """One reward-function call on a CallPool thread: its result or error, when it started, and
+    whether its waiter gave up on it."""
+
+    def __init__(self, fn: Any):
+        self.fn, self.value, self.error = fn, None, None
+        self.started: Optional[float] = None
+        self.thread: Optional[threading.Thread] = None
+        self.done, self.lock, self.abandoned = threading.Event(), threading.Lock(), False
+
+
+class CallPool:
+    """Daemon threads that run calls first in, first out, started as calls need them, up to `size`
+    serving at once: one whose call is abandoned is replaced at once, and leaves the pool when (if
+    ever) that call returns. With size = THREADS x CONCURRENCY, calls wait for a thread no longer
+    than they would have with THREADS threads per score() call (group_seconds_bound still holds)."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._calls: queue.SimpleQueue[Call] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._serving = 0  # threads of the pool (not counting abandoned ones)
+        self._idle = 0  # of which waiting for a call
+
+    def _spawn(self) -> None:  # under self._lock
+        self._serving += 1
+        threading.Thread(target=self._serve, name="reward-call", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            call = self._calls.get()
+            with self._lock:
+                self._idle -= 1
+            call.thread, call.started = threading.current_thread(), time.monotonic()
+            value = error = None
+            try:
+                value = call.fn()
+            except BaseException as e:  # noqa: BLE001 - any failure of a reward function is a counted reason
+                error = e
+            with call.lock:
+                call.value, call.error = value, error
+                call.done.set()
+                if call.abandoned:
+                    return  # its replacement serves the queue now
+
+    def submit(self, fn: Any) -> Call:
+        call = Call(fn)
+        self._calls.put(call)
+        with self._lock:
+            if self._idle < self._calls.qsize() and self._serving < self._size:
+                self._spawn()
+        return call
+
+    def wait(self, call: Call, timeout_s: float) -> bool:
+        """True once `call` returned; False if it ran `timeout_s` without returning (then abandoned:
+        a new thread takes its place). Time spent queued does not count."""
+        while True:
+            started = call.started
+            left = 0.05 if started is None else started + timeout_s - time.monotonic()
+            if call.done.wait(max(0.0, left)):
+                return True
+            if call.started is not None and time.monotonic() >= call.started + timeout_s:
+                with call.lock:
+                    if call.done.is_set():
+                        return True
+                    call.abandoned = True
+                with self._lock:
+                    self._serving -= 1
+                    self._spawn()
+                return False
 
 
 class RewardScorer:
@@ -71,15 +149,22 @@ class RewardScorer:
         self._lock = threading.Lock()
         self._counts: collections.Counter[str] = collections.Counter()
         self._abandoned: list[threading.Thread] = []
+        self._pool = CallPool(self.max_workers * CONCURRENCY)
 
     # ---- scoring ------------------------------------------------------------------------------------
     def score(self, samples: list[Sample]) -> list[Sample]:
         """Set reward, reward_components and reward_error on each sample (in place) and return them."""
         jobs = [(i, j) for i in range(len(samples)) for j in range(len(self._functions))]
-        # The pool's threads only wait (each at most timeout_s), so it never hangs; the calls
-        # themselves run in threads of their own that can be abandoned.
-        with concurrent.futures.ThreadPoolExecutor(min(self.max_workers, max(len(jobs), 1))) as pool:
-            results = dict(zip(jobs, pool.map(lambda ij: self._call(ij[1], samples[ij[0]]), jobs)))
+        # At most max_workers calls of this score() out at once, each waited for in order and for at most
+        # timeout_s once started: the whole call ends within group_seconds_bound.
+        results: dict[tuple[int, int], tuple[Optional[tuple[float, dict]], Optional[str]]] = {}
+        waiting, out = collections.deque(jobs), collections.deque()
+        while waiting or out:
+            while waiting and len(out) < self.max_workers:
+                i, j = waiting.popleft()
+                out.append(((i, j), self._pool.submit(self._function_call(j, samples[i]))))
+            (i, j), call = out.popleft()
+            results[i, j] = self._outcome(j, call)
         errors: collections.Counter[str] = collections.Counter()
         for i, sample in enumerate(samples):
             total, components, error = 0.0, {}, None
@@ -126,31 +211,22 @@ class RewardScorer:
             g.score_seconds += time.monotonic() - start
         return groups
 
-    def _call(self, j: int, sample: Sample) -> tuple[Optional[tuple[float, dict]], Optional[str]]:
+    def _function_call(self, j: int, sample: Sample) -> Any:
+        _, fn, params, _ = self._functions[j]
+        return lambda: _normalise(fn(sample, params))
+
+    def _outcome(self, j: int, call: Call) -> tuple[Optional[tuple[float, dict]], Optional[str]]:
         """((score, diagnostics), None) or (None, reason)."""
-        name, fn, params, _ = self._functions[j]
-        box: dict[str, Any] = {}
-        done = threading.Event()
-
-        def run():
-            try:
-                box["value"] = _normalise(fn(sample, params))
-            except BaseException as e:  # noqa: BLE001 - any failure of a reward function is a counted reason
-                box["error"] = e
-            finally:
-                done.set()
-
-        worker = threading.Thread(target=run, name=f"reward-{name}", daemon=True)
-        worker.start()
-        if not done.wait(self.timeout_s):
+        name = self._functions[j][0]
+        if not self._pool.wait(call, self.timeout_s):
             with self._lock:
-                self._abandoned = [t for t in self._abandoned if t.is_alive()] + [worker]
+                self._abandoned = [t for t in self._abandoned if t.is_alive()] + [call.thread]
             return None, f"timeout:{name}"
-        if "error" in box:
-            e = box["error"]
+        if call.error is not None:
+            e = call.error
             message = " ".join(str(e).split())[:MAX_ERROR_CHARS]
             return None, f"error:{name}:{type(e).__name__}: {message}"
-        return box["value"], None
+        return call.value, None
 
     # ---- metrics ------------------------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:

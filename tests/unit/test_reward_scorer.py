@@ -5,6 +5,7 @@ import dataclasses
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -194,3 +195,44 @@ def test_reward_spec_is_an_omegaconf_structured_config():
     node = OmegaConf.merge(OmegaConf.structured(RewardSpec), {"name": "format", "params": {"mode": "fullmatch"}})
     assert RewardSpec.coerce(node) == RewardSpec("format", 1.0, {"mode": "fullmatch"})
     assert RewardScorer([node]).names() == ["format"]
+
+
+def test_call_pool_replaces_abandoned_threads_and_does_not_count_queued_time():
+    from actors.reward.scorer import CallPool
+
+    pool, release = CallPool(2), threading.Event()
+    hung = [pool.submit(lambda: release.wait()) for _ in range(2)]  # both threads taken
+    quick = pool.submit(lambda: 7)
+    # quick waits in the queue until the hung calls are abandoned (0.2 s): queued time is not its own
+    assert [pool.wait(c, 0.2) for c in hung] == [False, False]
+    assert pool.wait(quick, 0.2) and quick.value == 7  # run by a thread that replaced an abandoned one
+    stuck = [c.thread for c in hung]
+    assert all(t.is_alive() for t in stuck)
+    release.set()  # the abandoned calls return: their threads leave the pool
+    for t in stuck:
+        t.join(timeout=5)
+    assert not any(t.is_alive() for t in stuck)
+    both = threading.Barrier(2, timeout=5)  # passes only if two threads run the calls at once
+    calls = [pool.submit(both.wait) for _ in range(2)]
+    assert all(pool.wait(c, 10) for c in calls) and all(c.error is None for c in calls)
+
+
+def test_one_score_call_runs_at_most_max_workers_calls_at_once():
+    scorer = RewardScorer([{"name": "arithmetic"}], max_workers=3)
+    lock, now, peak = threading.Lock(), [0], [0]
+    together = threading.Barrier(3, timeout=5)  # passes only while 3 calls run at once
+
+    def call(j, sample):
+        def run():
+            with lock:
+                now[0] += 1
+                peak[0] = max(peak[0], now[0])
+            together.wait()
+            with lock:
+                now[0] -= 1
+            return 1.0, {}
+        return run
+
+    scorer._function_call = call
+    samples = scorer.score([sample("357") for _ in range(9)])
+    assert [s.reward for s in samples] == [1.0] * 9 and peak[0] == 3
