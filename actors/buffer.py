@@ -9,11 +9,23 @@ is set aside is counted with its reason. Nothing is dropped silently and nothing
 from __future__ import annotations
 
 import collections
+import math
 from typing import Optional
 
 from actors.config import BufferConfig
 from actors.types import Group
 from learner.algorithms import dynamic_sampling_keep, gfpo_select, overlong_penalty
+
+
+def refill_count(missing: int, kept: int, received: int, batch: int, rule: str) -> int:
+    """Prompts for a dynamic-sampling extra round that still lacks `missing` valid groups, after this
+    step's rounds so far kept `kept` of `received` groups. "missing": exactly those. "expected": enough
+    that the step's keep rate so far would yield them (a whole batch if nothing was kept yet), never
+    fewer than missing nor more than a batch."""
+    if rule == "missing":
+        return missing
+    want = batch if kept == 0 else math.ceil(missing * received / kept)
+    return max(missing, min(batch, want))
 
 
 class GroupBuffer:
@@ -73,6 +85,12 @@ class GroupBuffer:
         out = [self._filtered.popleft() for _ in range(min(k, len(self._filtered)))]
         self.counts["dynamic_sampling_shortfall_groups"] += len(out)
         return out
+
+    def drop_surplus(self) -> None:
+        """Ready groups left after a step took its batch (an expected-rate refill overshot): dropped,
+        counted. A step trains only what it generated; carried over, they would be a version stale."""
+        while self._ready:
+            self._drop("surplus", self._ready.popleft())
 
     def clear_filtered(self) -> None:
         """Set-asides are never carried across steps: their samples are from older weights."""

@@ -115,6 +115,10 @@ class OverlongConfig:
 class BufferConfig:
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
     max_extra_rounds: int = 3  # bound on extra generation rounds to fill a batch with valid groups
+    # what an extra round asks for: the groups still missing, or as many prompts as the step's keep
+    # rate so far says will yield them (at most a batch; valid groups beyond the batch are dropped,
+    # counted as surplus) — verl's larger generation batch, sized by the step's own rate
+    refill: str = one_of("missing", "expected", default="missing")
     gfpo: GFPOConfig = field(default_factory=GFPOConfig)
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
     max_staleness: int = 1  # async: groups more than this many versions behind are refused

@@ -28,7 +28,7 @@ import pickle
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Optional
 
-from actors.buffer import GroupBuffer
+from actors.buffer import GroupBuffer, refill_count
 from actors.types import Group
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ class RolloutFeed:
         cfg = self.run.cfg
         need = cfg.trainer.prompts_per_step
         issued: dict[str, int] = {}
+        kept = received = 0  # this step's groups so far: how many passed the filters
         rounds = 1 + (cfg.buffer.max_extra_rounds if cfg.buffer.dynamic_sampling else 0)
         for round_ in range(rounds):
             missing = need - self.buffer.ready()
@@ -88,14 +89,17 @@ class RolloutFeed:
             if round_ == 0 and self._ahead and self._ahead[0].step == step:
                 batch = self._ahead.popleft()  # issued a step (or more) ago
             else:
-                batch = self._issue(step, round_, missing, avoid=issued.keys())
+                count = refill_count(missing, kept, received, need, cfg.buffer.refill) if round_ else missing
+                batch = self._issue(step, round_, count, avoid=issued.keys())
             issued.update((p["prompt_id"], len(issued) + i) for i, p in enumerate(batch.prompts))
             for group in batch.future.result():
-                self.buffer.add(group, version)
+                kept += self.buffer.add(group, version) is None
+                received += 1
             timing["rounds"] = round_ + 1
         groups = self.buffer.take(need)
         if len(groups) < need:
             groups += self.buffer.take_filtered(need - len(groups))
+        self.buffer.drop_surplus()
         self.buffer.clear_filtered()
         # Groups arrive in completion order, which varies run to run; training in issue order makes a
         # step's batch (and so its float sums) a function of the data position alone: resumable exactly.

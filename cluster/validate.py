@@ -395,6 +395,14 @@ def gfpo_keeps_fewer(cfg: RunConfig) -> Optional[str]:
 
 
 @check
+def refill_needs_dynamic_sampling(cfg: RunConfig) -> Optional[str]:
+    if cfg.buffer.refill != "missing" and not (cfg.buffer.dynamic_sampling and cfg.buffer.max_extra_rounds > 0):
+        return (f"buffer.refill={cfg.buffer.refill} sizes dynamic sampling's extra rounds: set "
+                f"buffer.dynamic_sampling=true and buffer.max_extra_rounds > 0, or leave buffer.refill=missing")
+    return None
+
+
+@check
 def overlong_window(cfg: RunConfig) -> Optional[str]:
     o = cfg.buffer.overlong
     max_len = o.max_length or cfg.rollout.sampling.max_new_tokens

@@ -65,6 +65,8 @@ def test_override_without_equals_sign():
     ({"weight_sync.backend": "nccl"}, "device_consistency", "gloo"),
     ({"rollout.max_model_len": 16}, "sequence_fits_engine", "max_model_len"),
     ({"buffer.gfpo.enabled": True, "buffer.gfpo.keep": 8}, "gfpo_keeps_fewer", "keep"),
+    ({"buffer.refill": "expected"}, "refill_needs_dynamic_sampling", "buffer.dynamic_sampling=true"),
+    ({"buffer.refill": "expectd"}, "enum_values", "buffer.refill='expectd' (valid: missing, expected)"),
     ({"trainer.eval_n": 4}, "eval_sampling", "eval_temperature"),
     ({"model.dtype": "fp8"}, "enum_values", "model.dtype='fp8' (valid: auto, float32, bfloat16)"),
     ({"learner.zero_stage": 4}, "enum_values", "learner.zero_stage=4 (valid: 0, 1, 2, 3)"),

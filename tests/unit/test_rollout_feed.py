@@ -161,3 +161,70 @@ def test_dynamic_sampling_rounds_of_one_step_never_draw_a_prompt_twice():
         for step_calls in (run.rollout.calls[:3], run.rollout.calls[3:]):
             drawn = [i for call in step_calls for i in call]
             assert len(drawn) == len(set(drawn)) == 12, (seed, step_calls)
+
+
+def test_refill_count_asks_for_what_the_keep_rate_says_will_fill_the_batch():
+    from actors.buffer import refill_count
+
+    assert refill_count(6, kept=10, received=16, batch=16, rule="missing") == 6
+    assert refill_count(6, kept=10, received=16, batch=16, rule="expected") == 10  # ceil(6 * 16 / 10)
+    assert refill_count(6, kept=8, received=16, batch=16, rule="expected") == 12
+    assert refill_count(14, kept=2, received=16, batch=16, rule="expected") == 16  # at most a batch
+    assert refill_count(16, kept=0, received=16, batch=16, rule="expected") == 16  # nothing kept yet
+    assert refill_count(3, kept=16, received=16, batch=16, rule="expected") == 3  # never fewer than missing
+
+
+class HalfFlatRollout(FakeRollout):
+    """Prompts p0, p2, p4 ... get equal rewards (dropped by dynamic sampling), odd ones mixed rewards."""
+
+    def generate(self, prompts, n):
+        self.calls.append([p["prompt_id"] for p in prompts])
+        return iter([Group(p["prompt_id"], [Sample(p["prompt_id"], "q", [1], "a", [2], [-0.1], "stop", 0,
+                                                   reward=float(i % 2) if int(p["prompt_id"][1:]) % 2 else 1.0)
+                                            for i in range(n)]) for p in prompts])
+
+
+@pytest.mark.parametrize("refill, calls", [
+    # missing: 8 prompts give 4 valid groups, then 4 give 2, then 2 give 1: three rounds, one group short
+    ("missing", [8, 4, 2]),
+    # expected: after half of 8 was kept, 4 missing ask for 8 prompts, which give 4: two rounds, full
+    ("expected", [8, 8]),
+])
+def test_dynamic_sampling_refill_rounds(refill, calls):
+    run = make_run(**{"trainer.prompts_per_step": 8, "buffer.dynamic_sampling": True, "buffer.max_extra_rounds": 2,
+                      "buffer.refill": refill})
+    run.rollout = HalfFlatRollout()
+    feed = feed_of(run, 0)
+    timing: dict[str, float] = {}
+    groups, _ = feed.take(1, version=0, timing=timing)
+    feed.close()
+    assert [len(c) for c in run.rollout.calls] == calls and timing["rounds"] == len(calls)
+    assert len(groups) == 8
+    valid = [g for g in groups if len(set(g.rewards)) > 1]
+    assert len(valid) == (7 if refill == "missing" else 8)  # missing: one all-equal group fills the batch
+    assert feed.buffer.counts["dropped_groups/surplus"] == 0
+
+
+def test_a_refill_that_overshoots_drops_the_surplus_and_counts_it():
+    """Prompt p0 mixed, p1..p3 flat, then every prompt mixed: 3 groups missing at a keep rate of 1 in
+    4 would ask for 12 prompts, capped at a batch of 4, which give 4 valid groups for 3 places; the
+    fourth is dropped, counted, and no later step trains it."""
+    class Rollout(FakeRollout):
+        def generate(self, prompts, n):
+            self.calls.append([p["prompt_id"] for p in prompts])
+            flat = {"p1", "p2", "p3"}
+            return iter([Group(p["prompt_id"], [Sample(p["prompt_id"], "q", [1], "a", [2], [-0.1], "stop", 0,
+                                                       reward=1.0 if p["prompt_id"] in flat else float(i % 2))
+                                                for i in range(n)]) for p in prompts])
+
+    run = make_run(**{"trainer.prompts_per_step": 4, "buffer.dynamic_sampling": True, "buffer.max_extra_rounds": 2,
+                      "buffer.refill": "expected"})
+    run.rollout = Rollout()
+    feed = feed_of(run, 0)
+    groups, _ = feed.take(1, version=0, timing={})
+    assert [len(c) for c in run.rollout.calls] == [4, 4]  # 3 missing, kept 1 of 4: 12, at most a batch of 4
+    assert [g.prompt_id for g in groups] == ["p0", "p4", "p5", "p6"]
+    assert feed.buffer.counts["dropped_groups/surplus"] == 1 and feed.buffer.counts["dropped_samples/surplus"] == 2
+    groups2, _ = feed.take(2, version=1, timing={})
+    assert [g.prompt_id for g in groups2] == ["p8", "p9", "p10", "p11"]  # p7 (surplus) is not trained later
+    feed.close()
