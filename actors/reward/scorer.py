@@ -72,19 +72,16 @@ class CallPool:
         self._calls: queue.SimpleQueue[Call] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._serving = 0  # threads of the pool (not counting abandoned ones)
-        self._idle = 0  # of which waiting for a call
+        self._outstanding = 0  # calls queued or running on them: more than _serving means one waits
 
-    def _spawn(self) -> None:  # under self._lock
-        self._serving += 1
-        threading.Thread(target=self._serve, name="reward-call", daemon=True).start()
+    def _grow(self) -> None:  # under self._lock: a thread for every call that would wait, up to size
+        while self._outstanding > self._serving and self._serving < self._size:
+            self._serving += 1
+            threading.Thread(target=self._serve, name="reward-call", daemon=True).start()
 
     def _serve(self) -> None:
         while True:
-            with self._lock:
-                self._idle += 1
             call = self._calls.get()
-            with self._lock:
-                self._idle -= 1
             call.thread, call.started = threading.current_thread(), time.monotonic()
             value = error = None
             try:
@@ -95,14 +92,16 @@ class CallPool:
                 call.value, call.error = value, error
                 call.done.set()
                 if call.abandoned:
-                    return  # its replacement serves the queue now
+                    return  # its waiter already took it and this thread off the counts
+            with self._lock:
+                self._outstanding -= 1
 
     def submit(self, fn: Any) -> Call:
         call = Call(fn)
-        self._calls.put(call)
         with self._lock:
-            if self._idle < self._calls.qsize() and self._serving < self._size:
-                self._spawn()
+            self._outstanding += 1
+            self._grow()
+        self._calls.put(call)
         return call
 
     def wait(self, call: Call, timeout_s: float) -> bool:
@@ -120,7 +119,8 @@ class CallPool:
                     call.abandoned = True
                 with self._lock:
                     self._serving -= 1
-                    self._spawn()
+                    self._outstanding -= 1
+                    self._grow()
                 return False
 
 

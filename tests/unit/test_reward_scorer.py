@@ -218,21 +218,25 @@ def test_call_pool_replaces_abandoned_threads_and_does_not_count_queued_time():
 
 
 def test_one_score_call_runs_at_most_max_workers_calls_at_once():
-    scorer = RewardScorer([{"name": "arithmetic"}], max_workers=3)
-    lock, now, peak = threading.Lock(), [0], [0]
-    together = threading.Barrier(3, timeout=5)  # passes only while 3 calls run at once
+    """And a call never waits for a thread while fewer than max_workers run: the calls here finish
+    only together, three at a time, so one left waiting would break the barrier (CI caught a pool
+    that counted a thread as idle after it had taken a call)."""
+    for _ in range(20):
+        scorer = RewardScorer([{"name": "arithmetic"}], max_workers=3)
+        lock, now, peak = threading.Lock(), [0], [0]
+        together = threading.Barrier(3, timeout=5)  # passes only while 3 calls run at once
 
-    def call(j, sample):
-        def run():
-            with lock:
-                now[0] += 1
-                peak[0] = max(peak[0], now[0])
-            together.wait()
-            with lock:
-                now[0] -= 1
-            return 1.0, {}
-        return run
+        def call(j, sample):
+            def run():
+                with lock:
+                    now[0] += 1
+                    peak[0] = max(peak[0], now[0])
+                together.wait()
+                with lock:
+                    now[0] -= 1
+                return 1.0, {}
+            return run
 
-    scorer._function_call = call
-    samples = scorer.score([sample("357") for _ in range(9)])
-    assert [s.reward for s in samples] == [1.0] * 9 and peak[0] == 3
+        scorer._function_call = call
+        samples = scorer.score([sample("357") for _ in range(9)])
+        assert [s.reward_error for s in samples] == [None] * 9 and peak[0] == 3
