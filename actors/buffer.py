@@ -86,11 +86,11 @@ class GroupBuffer:
         self.counts["dynamic_sampling_shortfall_groups"] += len(out)
         return out
 
-    def drop_surplus(self) -> None:
-        """Ready groups left after a step took its batch (an expected-rate refill overshot): dropped,
-        counted. A step trains only what it generated; carried over, they would be a version stale."""
-        while self._ready:
-            self._drop("surplus", self._ready.popleft())
+    def drop_surplus(self, groups: list[Group]) -> None:
+        """Count `groups` (taken, valid, beyond a step's batch: an expected-rate refill overshot) as
+        dropped. A step trains only what it generated; carried over, they would be a version stale."""
+        for group in groups:
+            self._drop("surplus", group)
 
     def clear_filtered(self) -> None:
         """Set-asides are never carried across steps: their samples are from older weights."""

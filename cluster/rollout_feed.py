@@ -96,14 +96,17 @@ class RolloutFeed:
                 kept += self.buffer.add(group, version) is None
                 received += 1
             timing["rounds"] = round_ + 1
-        groups = self.buffer.take(need)
+        # Groups arrive in completion order, which varies run to run; choosing and training them in issue
+        # order makes a step's batch (which groups, and its float sums) a function of the data position
+        # alone: resumable exactly.
+        position = lambda g: issued.get(g.prompt_id, len(issued))  # noqa: E731
+        ready = sorted(self.buffer.take(self.buffer.ready()), key=position)
+        groups = ready[:need]
+        self.buffer.drop_surplus(ready[need:])
         if len(groups) < need:
             groups += self.buffer.take_filtered(need - len(groups))
-        self.buffer.drop_surplus()
         self.buffer.clear_filtered()
-        # Groups arrive in completion order, which varies run to run; training in issue order makes a
-        # step's batch (and so its float sums) a function of the data position alone: resumable exactly.
-        groups.sort(key=lambda g: issued.get(g.prompt_id, len(issued)))
+        groups.sort(key=position)
         return groups, staleness_metrics(groups, version)
 
     # ---- checkpoints ---------------------------------------------------------------------------------

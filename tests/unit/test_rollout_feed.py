@@ -205,17 +205,19 @@ def test_dynamic_sampling_refill_rounds(refill, calls):
     assert feed.buffer.counts["dropped_groups/surplus"] == 0
 
 
-def test_a_refill_that_overshoots_drops_the_surplus_and_counts_it():
+@pytest.mark.parametrize("completion", ["issue order", "reversed"])
+def test_a_refill_that_overshoots_drops_the_surplus_and_counts_it(completion):
     """Prompt p0 mixed, p1..p3 flat, then every prompt mixed: 3 groups missing at a keep rate of 1 in
     4 would ask for 12 prompts, capped at a batch of 4, which give 4 valid groups for 3 places; the
-    fourth is dropped, counted, and no later step trains it."""
+    last issued is dropped, counted, and no later step trains it — whatever order the groups finish in."""
     class Rollout(FakeRollout):
         def generate(self, prompts, n):
             self.calls.append([p["prompt_id"] for p in prompts])
             flat = {"p1", "p2", "p3"}
-            return iter([Group(p["prompt_id"], [Sample(p["prompt_id"], "q", [1], "a", [2], [-0.1], "stop", 0,
-                                                       reward=1.0 if p["prompt_id"] in flat else float(i % 2))
-                                                for i in range(n)]) for p in prompts])
+            groups = [Group(p["prompt_id"], [Sample(p["prompt_id"], "q", [1], "a", [2], [-0.1], "stop", 0,
+                                                    reward=1.0 if p["prompt_id"] in flat else float(i % 2))
+                                             for i in range(n)]) for p in prompts]
+            return iter(groups[::-1] if completion == "reversed" else groups)
 
     run = make_run(**{"trainer.prompts_per_step": 4, "buffer.dynamic_sampling": True, "buffer.max_extra_rounds": 2,
                       "buffer.refill": "expected"})
