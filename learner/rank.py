@@ -24,6 +24,7 @@ import torch
 from learner import train_step as steps
 from learner.batch import LearnerBatch
 from learner.config import AlgorithmConfig, LearnerConfig
+from learner.ds_ops import use_extensions_dir
 from learner.logprobs import MicroBatch, response_logprobs
 from learner.moe import RouterHooks, routing_metrics, topk_routers
 from learner.weight_protocol import ManifestEntry
@@ -80,6 +81,7 @@ class LearnerRank:
             "LOCAL_SIZE": str(world_size if local_size is None else local_size),
             "DS_ACCELERATOR": "cuda" if device == "cuda" else "cpu",
         })
+        use_extensions_dir()  # DeepSpeed's JIT-built ops: this virtual environment's own (learner/ds_ops.py)
         threads = cfg.threads_per_rank or max(1, (os.cpu_count() or 1) // max(1, local_size or world_size))
         if cfg.cpu_cores and device == "cpu":
             start = (rank * threads) % len(cfg.cpu_cores)

