@@ -35,3 +35,15 @@ def fault_report(request):
                 f.write(json.dumps({"test": request.node.nodeid, **facts}) + "\n")
 
     return record
+
+
+TIERS = ("unit", "integration", "slow")
+
+
+def pytest_collection_modifyitems(items):
+    """Every test is in a tier, so that `-m unit`, `-m integration` and `-m slow` together run the whole
+    suite (two test files without their `pytestmark` line ran in none of them)."""
+    untiered = [item.nodeid for item in items if not any(item.get_closest_marker(t) for t in TIERS)]
+    if untiered:
+        raise pytest.UsageError(f"mark these tests with one of {', '.join(TIERS)} "
+                                f"(pytestmark = pytest.mark.<tier> in the file):\n" + "\n".join(untiered[:20]))

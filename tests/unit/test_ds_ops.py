@@ -2,7 +2,11 @@
 import os
 import sys
 
+import pytest
+
 from learner.ds_ops import ENV, use_extensions_dir
+
+pytestmark = pytest.mark.unit
 
 
 def test_ops_are_built_in_this_environment_unless_the_user_chose_a_directory(monkeypatch, tmp_path):

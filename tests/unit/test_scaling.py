@@ -10,6 +10,8 @@ from cluster.config import ConfigError, load_config
 from cluster.scaling import CONTROL_DIR, DONE, REQUEST, RolloutScaler, autoscale_decision, request_scale, take_request
 from cluster.validate import validate
 
+pytestmark = pytest.mark.unit
+
 CFG = AutoscaleConfig(enabled=True, min_workers=1, max_workers=3, add_above=0.3, remove_below=0.05, patience=2)
 
 
