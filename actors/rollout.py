@@ -94,6 +94,8 @@ class RolloutWorker:
             dtype=dtype or "auto",
             seed=cfg.seed + worker_index,  # unseeded requests: distinct workers draw distinct samples
             max_model_len=cfg.max_model_len,
+            max_num_seqs=cfg.max_num_seqs,
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
             enforce_eager=cfg.enforce_eager,
             logprobs_mode="processed_logprobs",
             worker_extension_cls="actors.vllm_ext.WeightReceiver",

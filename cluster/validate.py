@@ -270,6 +270,7 @@ def positive_sizes(cfg: RunConfig) -> Optional[str]:
         "algorithm.epochs": cfg.algorithm.epochs, "algorithm.mini_batches": cfg.algorithm.mini_batches,
         "rollout.sampling.max_new_tokens": cfg.rollout.sampling.max_new_tokens,
         "learner.micro_batch_tokens": cfg.learner.micro_batch_tokens,
+        "rollout.max_num_seqs": cfg.rollout.max_num_seqs,
     }
     bad = [f"{k}={v}" for k, v in sizes.items() if v < 1]
     return ("must be >= 1: " + ", ".join(bad)) if bad else None
@@ -369,6 +370,23 @@ def sequence_fits_engine(cfg: RunConfig) -> Optional[str]:
     if cfg.learner.micro_batch_tokens < need:
         return (f"learner.micro_batch_tokens={cfg.learner.micro_batch_tokens} cannot hold one full sequence "
                 f"({need} tokens): raise it to at least {need}")
+    return None
+
+
+@check
+def engine_scheduler(cfg: RunConfig) -> Optional[str]:
+    """vLLM's own limits on its scheduler, reported before any engine starts."""
+    r = cfg.rollout
+    fields = sorted({"max_num_seqs", "max_num_batched_tokens"} & set(r.engine_kwargs))
+    if fields:
+        return (f"rollout.engine_kwargs sets {', '.join(fields)}: set rollout.{fields[0]} instead "
+                f"(one place for each engine setting)")
+    # multi-turn rollouts prefill prompts whole (actors/rollout.py): then a step must hold the longest sequence
+    need = {"rollout.max_num_seqs": r.max_num_seqs, **({"rollout.max_model_len": r.max_model_len} if r.env.name else {})}
+    short = [f"{k}={v}" for k, v in need.items() if r.max_num_batched_tokens < v]
+    if short:
+        return (f"rollout.max_num_batched_tokens={r.max_num_batched_tokens} must be at least {' and '.join(short)} "
+                f"(vLLM refuses less): raise it to {max(need.values())}")
     return None
 
 

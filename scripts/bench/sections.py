@@ -1,27 +1,41 @@
-"""BENCHMARKS.md has two writers: scripts/bench/run.py (the benchmarks, from the top) and
-scripts/algorithm_table.py (the algorithm table, between the markers below). Each keeps the other's part."""
+"""BENCHMARKS.md has several writers: scripts/bench/run.py (the benchmarks, from the top) and scripts
+that own one marked section each (scripts/algorithm_table.py: "algorithm_table";
+scripts/bench_engine_batch.py: "engine_batch"). Each keeps the others' parts."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-BEGIN, END = "<!-- algorithm_table:begin -->", "<!-- algorithm_table:end -->"
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+BEGIN, END = markers("algorithm_table")
+_SECTION = re.compile(r"<!-- ([a-z_]+):begin -->.*?<!-- \1:end -->", re.S)
 
 
 def write_benchmarks(md: Path, text: str) -> None:
-    """`md` = `text`, then the algorithm table's section as it was (if there was one)."""
+    """`md` = `text`, then every marked section as it was (in their old order)."""
     old = md.read_text(encoding="utf-8") if md.exists() else ""
-    if BEGIN in old and END in old:
-        text = text.rstrip("\n") + "\n\n" + BEGIN + old.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
+    kept = [m.group(0) for m in _SECTION.finditer(old)]
+    if kept:
+        text = text.rstrip("\n") + "\n\n" + "\n\n".join(kept) + "\n"
+    md.write_text(text, encoding="utf-8")
+
+
+def write_section(md: Path, name: str, section: str) -> None:
+    """Replace section `name` (markers inclusive; `section` carries them); append it if it is absent."""
+    begin, end = markers(name)
+    text = md.read_text(encoding="utf-8") if md.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
     md.write_text(text, encoding="utf-8")
 
 
 def write_algorithm_table(md: Path, section: str) -> None:
-    """Replace the text between the markers (inclusive); append the section if they are absent."""
-    text = md.read_text(encoding="utf-8") if md.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    md.write_text(text, encoding="utf-8")
+    write_section(md, "algorithm_table", section)

@@ -98,6 +98,14 @@ def test_grouped_generation(engine):
     assert {s.policy_version for g in w.generate(prompts(1), 2, version_override=7) for s in g.samples} == {7}
 
 
+def test_the_engine_schedules_by_the_rollout_config(engine):
+    # vLLM's CPU defaults are 256 / 4096: a round of 64 prompts x 16 samples would take four waves
+    sched = engine.worker.llm.llm_engine.vllm_config.scheduler_config
+    cfg = engine.worker.cfg
+    assert (sched.max_num_seqs, sched.max_num_batched_tokens) == (cfg.max_num_seqs, cfg.max_num_batched_tokens) == (
+        1024, 16384)
+
+
 def test_stop_strings_finish_with_stop(engine):
     stops = list("aeiou0123456789 ")
     groups = engine.worker.generate(prompts(2), 4, {"stop": stops, "max_new_tokens": 64})

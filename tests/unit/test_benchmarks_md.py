@@ -1,4 +1,4 @@
-"""BENCHMARKS.md's two writers (scripts/bench/sections.py) keep each other's part."""
+"""BENCHMARKS.md's writers (scripts/bench/sections.py) keep each other's parts."""
 
 import sys
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "bench"))
-from sections import BEGIN, END, write_algorithm_table, write_benchmarks  # noqa: E402
+from sections import BEGIN, END, markers, write_algorithm_table, write_benchmarks, write_section  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -29,3 +29,17 @@ def test_algorithm_table_rewrite_keeps_the_benchmarks(tmp_path):
     new = TABLE.replace("21.5%", "22.0%")
     write_algorithm_table(md, new)
     assert md.read_text() == "# Benchmarks\nfigures\n\n" + new + "\n\ntrailing note\n"
+
+
+def test_every_marked_section_survives_the_others(tmp_path):
+    md = tmp_path / "BENCHMARKS.md"
+    other_begin, other_end = markers("engine_batch")
+    other = f"{other_begin}\n## Engine batch\n| 1.2 s |\n{other_end}"
+    write_benchmarks(md, "# Benchmarks\nfigures\n")
+    write_algorithm_table(md, TABLE)
+    write_section(md, "engine_batch", other)
+    write_benchmarks(md, "# Benchmarks\nnew figures\n")
+    assert md.read_text() == "# Benchmarks\nnew figures\n\n" + TABLE + "\n\n" + other + "\n"
+    new_other = other.replace("1.2 s", "1.0 s")
+    write_section(md, "engine_batch", new_other)
+    assert md.read_text() == "# Benchmarks\nnew figures\n\n" + TABLE + "\n\n" + new_other + "\n"
