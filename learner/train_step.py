@@ -189,13 +189,18 @@ def train_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> d
     trained, mini = mini_batch_split(batch, M)
     m_ = Metrics()
 
-    reuse = algo.epochs * M > 1  # else the first forward IS the old policy: old = logp.detach()
-    old = score(eng, batch, trained, measure_routing=True) if reuse else None
+    # Old logprobs. The first update's forward runs the weights that sampled the batch, so mini-batch
+    # 0 takes its old logprobs from there (old = logp.detach(), kept for later epochs); only the
+    # later mini-batches, trained after an update, need a scoring pass before the first update.
+    reuse = algo.epochs * M > 1
+    later = [i for m in mini[1:] for i in m]
+    old = (score(eng, batch, later, measure_routing=True) if M > 1 else {}) if reuse else None
     # the KL term of the loss (PPO with kl_in_reward puts it in the reward instead: cluster/ppo.py)
     ref = score(eng, batch, trained, reference=True) if algo.kl_coef > 0 and not algo.kl_in_reward else None
     if old is not None:
         _sampler_diff(m_, batch, old)
-    updates = [update(eng, batch, algo, mini[m], old, ref, m_) for _ in range(algo.epochs) for m in range(M)]
+    updates = [update(eng, batch, algo, mini[m], old, ref, m_, first=e == m == 0)
+               for e in range(algo.epochs) for m in range(M)]
 
     for key, v in eng.routing_metrics().items():  # MoE: expert load and routing agreement (same keys on all ranks)
         m_.add(key, v)
@@ -286,8 +291,11 @@ def preference_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig)
 
 
 def update(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig, idx: list[int],
-           old: Optional[dict[int, torch.Tensor]], ref: Optional[dict[int, torch.Tensor]], m_: Metrics) -> dict[str, float]:
-    """One optimizer step on mini-batch `idx` (this rank's part): micro-batched forward/backward."""
+           old: Optional[dict[int, torch.Tensor]], ref: Optional[dict[int, torch.Tensor]], m_: Metrics,
+           first: bool = False) -> dict[str, float]:
+    """One optimizer step on mini-batch `idx` (this rank's part): micro-batched forward/backward.
+    first: the step's first update, on the sampling weights: its forward gives the old logprobs
+    (stored into `old` when later epochs reuse them)."""
     R = batch.loss_token_counts()
     counts = eng.all_reduce(torch.tensor([sum(R[i] for i in idx), len(idx)], dtype=torch.float64), "sum")
     plan, waste = plan_micro_batches(eng, batch, idx)
@@ -296,7 +304,8 @@ def update(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig, idx: list[in
     t0, tokens = time.perf_counter(), 0
     for mb_idx in plan:
         mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx, batch.routed_experts, batch.token_masks)
-        loss = micro_batch_loss(eng, batch, algo, mb, old, ref, float(counts[0]), float(counts[1]), len(plan), m_)
+        loss = micro_batch_loss(eng, batch, algo, mb, None if first else old, ref, float(counts[0]), float(counts[1]),
+                                len(plan), m_, keep_old=old if first else None)
         # x K: DeepSpeed averages gradients over the K ranks, but the K ranks' shares must add up.
         eng.backward(poison_nonfinite(loss) * eng.world_size)
         tokens += mb.real_tokens
@@ -318,10 +327,13 @@ def poison_nonfinite(loss: torch.Tensor) -> torch.Tensor:
 
 def micro_batch_loss(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig, mb: MicroBatch,
                      old: Optional[dict[int, torch.Tensor]], ref: Optional[dict[int, torch.Tensor]],
-                     global_tokens: float, global_seqs: float, n_micro: int, m_: Metrics) -> torch.Tensor:
-    """Forward one micro-batch; return its share of the mini-batch loss; record its metrics."""
-    # the first forward is the sampling policy's when the batch is not reused (old is None)
+                     global_tokens: float, global_seqs: float, n_micro: int, m_: Metrics,
+                     keep_old: Optional[dict[int, torch.Tensor]] = None) -> torch.Tensor:
+    """Forward one micro-batch; return its share of the mini-batch loss; record its metrics.
+    old None: this forward runs the sampling weights, and is the old policy (its logprobs go to keep_old)."""
     lp, ent, aux = eng.forward(mb, grad=True, entropy_grad=algo.entropy_coef != 0, measure_routing=old is None)
+    if keep_old is not None:
+        keep_old.update(zip(mb.index, unpad(lp.detach(), mb)))
     dev = lp.device
     mask = mb.train_mask.to(dev)  # multi-turn: observation tokens take no loss
     if old is None:

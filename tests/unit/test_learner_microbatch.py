@@ -175,3 +175,56 @@ def test_multi_turn_masks_and_per_token_advantages_reach_the_loss():
     unmasked = base.select([0, 1])
     unmasked.token_masks = None
     assert not torch.allclose(loss_and_grad(unmasked)[0], ref_loss)
+
+
+class ToyTrainEngine(ToyEngine):
+    """ToyEngine plus what train_on_batch needs (SGD, one rank); it logs every forward: (grad?, sequences)."""
+
+    micro_batch_tokens = 12  # several micro-batches per mini-batch
+
+    def __init__(self):
+        super().__init__()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.5)
+        self.forwards: list[tuple[bool, list[int]]] = []
+
+    def forward(self, mb, *, grad, **kw):
+        self.forwards.append((grad, list(mb.index)))
+        return super().forward(mb, grad=grad, **kw)
+
+    def backward(self, loss):
+        loss.backward()
+
+    def optimizer_step(self):
+        self.opt.step()
+        self.opt.zero_grad()
+        return 1.0, 0.5, True
+
+    def routing_metrics(self):
+        return {}
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_the_first_update_is_its_own_old_policy(epochs):
+    """train_on_batch scores only the mini-batches after the first before updating: the first
+    mini-batch's forward runs the sampling weights, so it gives their old logprobs (kept for the next
+    epoch). The update equals the one with every old logprob from a scoring pass up front."""
+    from learner.train_step import Metrics, mini_batch_split, score, train_on_batch, update
+
+    algo = AlgorithmConfig(epochs=epochs, mini_batches=2)
+    batch = make_batch(8, seed=3)
+    sampled = score(ToyTrainEngine(), batch, range(8))
+    batch.sampler_logprobs = [sampled[i] - 0.1 for i in range(8)]
+    eng = ToyTrainEngine()
+    train_on_batch(eng, batch, algo)
+    trained, mini = mini_batch_split(batch, 2)
+    scored = sorted(i for grad, idx in eng.forwards if not grad for i in idx)
+    assert scored == sorted(mini[1]) and not set(scored) & set(mini[0])  # no scoring pass over mini-batch 0
+
+    ref = ToyTrainEngine()  # the old way: every old logprob from a scoring pass before the first update
+    old = score(ref, batch, trained)
+    for _ in range(epochs):
+        for m in range(2):
+            update(ref, batch, algo, mini[m], old, None, Metrics())
+    for a, b, start in zip(eng.model.parameters(), ref.model.parameters(), ToyLM().parameters()):
+        assert (a - start).abs().max() > 1e-3  # it trained
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
