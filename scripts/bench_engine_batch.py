@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -70,6 +71,7 @@ def warm_start(name: str) -> Path:
 def run_side(name: str, side: str, rep: int, steps: int, model: Path) -> dict:
     config, overrides = WORKLOADS[name]
     run_dir = WORK / f"{name}_{side}_{rep}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run of an earlier invocation
     t0 = time.perf_counter()
     relayrl(config, [*overrides, *SIDES[side], f"model.path={model}", "model.tiny=null",
                      "trainer.warm_start.steps=0", f"trainer.total_steps={steps}"], run_dir)
