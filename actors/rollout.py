@@ -42,6 +42,7 @@ import time
 from typing import Any, Iterator, Optional
 
 from actors.config import RolloutConfig
+from actors.engine_args import cpu_placement, llm_kwargs
 from actors.engine_io import engine_input, finish_reason, request_seed, sampled_logprobs, taken_routing, token_versions
 from actors.types import Group, Sample
 
@@ -89,34 +90,7 @@ class RolloutWorker:
             torch._dynamo.config.disable = True
         from vllm import LLM
 
-        kwargs: dict[str, Any] = dict(
-            model=model_path,
-            dtype=dtype or "auto",
-            seed=cfg.seed + worker_index,  # unseeded requests: distinct workers draw distinct samples
-            max_model_len=cfg.max_model_len,
-            max_num_seqs=cfg.max_num_seqs,
-            max_num_batched_tokens=cfg.max_num_batched_tokens,
-            enforce_eager=cfg.enforce_eager,
-            logprobs_mode="processed_logprobs",
-            worker_extension_cls="actors.vllm_ext.WeightReceiver",
-        )
-        if device == "cuda":
-            # GPU-only: tensor parallelism and a KV cache sized as a share of GPU memory; colocated
-            # engines can sleep (vLLM's CPU build has no sleep mode).
-            kwargs.update(tensor_parallel_size=cfg.tensor_parallel_size,
-                          gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=colocated)
-        else:
-            # On CPU vLLM would otherwise reserve gpu_memory_utilization x host RAM and refuse to start.
-            kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * (1 << 30))
-        if cfg.record_routed_experts:
-            kwargs["enable_prefix_caching"] = False  # every token's routing is computed by its own request
-        if cfg.env.name:
-            # multi-turn: a turn's request joins a running batch with a long prompt, and a chunked prefill
-            # discards its sample by rewinding the request's generator, which vLLM's CPU generator cannot
-            # do ("CPU Generator does not use offset") for seeded requests: prefill prompts whole
-            kwargs["enable_chunked_prefill"] = False
-        kwargs.update(cfg.engine_kwargs)
-        self.llm = LLM(**kwargs)
+        self.llm = LLM(**llm_kwargs(model_path, cfg, dtype, worker_index, device, colocated))
         # MoE: per-request expert counts (load telemetry) and, when recorded, routing (actors/routing_capture.py)
         self.moe = self.llm.collective_rpc("routing_init", args=(cfg.record_routed_experts,))[0]
         self.llm.llm_engine.set_weight_version(str(self._version))  # the label on every sampled token
@@ -488,26 +462,3 @@ class RolloutWorker:
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         cleanup_dist_env_and_memory()
-
-
-# ---- helpers ---------------------------------------------------------------------------------------
-
-def cpu_placement(cfg: RolloutConfig, worker_index: int) -> tuple[int, list[int]]:
-    """(torch threads, cores to pin to) of CPU rollout worker `worker_index`.
-
-    Threads: cfg.threads_per_worker, or the process's allowed cores / num_workers. Cores: worker i
-    takes the i-th block of `threads` cores from cfg.cpu_cores (or, when that is empty and there are
-    several workers, from the process's allowed cores), wrapping around; one worker with no
-    cfg.cpu_cores is not pinned.
-    """
-    allowed = sorted(os.sched_getaffinity(0))
-    threads = cfg.threads_per_worker or max(1, len(allowed) // max(1, cfg.num_workers))
-    pool = list(cfg.cpu_cores) or (allowed if cfg.num_workers > 1 else [])
-    if not pool:
-        return threads, []
-    start = (worker_index * threads) % len(pool)
-    cores = sorted({pool[(start + j) % len(pool)] for j in range(threads)})
-    bad = [c for c in cores if c not in allowed]
-    if bad:
-        raise ValueError(f"rollout.cpu_cores: cores {bad} are not available to this process (allowed: {allowed})")
-    return threads, cores

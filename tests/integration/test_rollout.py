@@ -16,7 +16,7 @@ import pytest
 
 from actors.config import RolloutConfig, SamplingConfig
 from actors.engine_io import request_seed
-from actors.rollout import RolloutWorker, cpu_placement
+from actors.rollout import RolloutWorker
 from learner.sender_process import (
     WeightSender, free_port, hf_logprobs, load_checkpoint, manifest_of, max_abs_diff, perturbed, plan,
     sampler_vs_hf, write_model_dir,
@@ -182,16 +182,6 @@ def test_prompt_seeds_reproduce_and_do_not_overlap(engine):
 def test_bad_sampling_override_names_the_valid_ones(engine):
     with pytest.raises(ValueError, match="max_new_tokens"):
         engine.worker.generate(prompts(1), 2, {"max_tokens": 5})
-
-
-def test_cpu_placement(monkeypatch):
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    assert cpu_placement(RolloutConfig(num_workers=1), 0) == (4, [])  # one worker: all cores, not pinned
-    two = RolloutConfig(num_workers=2)
-    assert [cpu_placement(two, i) for i in range(3)] == [(2, [0, 1]), (2, [2, 3]), (2, [0, 1])]
-    assert cpu_placement(RolloutConfig(num_workers=2, cpu_cores=[3, 1], threads_per_worker=1), 1) == (1, [1])
-    with pytest.raises(ValueError, match=r"cores \[7\] are not available"):
-        cpu_placement(RolloutConfig(cpu_cores=[7]), 0)
 
 
 # ---- weight sync ----------------------------------------------------------------------------------
