@@ -3,7 +3,8 @@ samples from the rollout engine (vLLM), scored by transformers in bf16 with the 
 hooks under variants of the expert block's numerics — and the dense model's gap beside it.
 
     # the two models: each demo's warm start (plus one RL step), exported to RUN_DIR/final_model
-    .venv/bin/relayrl train configs/demo_moe.yaml trainer.total_steps=1 logging.run_dir=/tmp/w_moe
+    .venv/bin/relayrl train configs/demo_moe.yaml trainer.total_steps=1 logging.run_dir=/tmp/w_moe \
+        trainer.prompts_per_step=32 buffer.dynamic_sampling=false  # the config as measured (12-03)
     .venv/bin/relayrl train configs/demo_gspo.yaml trainer.total_steps=1 logging.run_dir=/tmp/w_dense
     .venv/bin/python scripts/moe_expert_numerics.py /tmp/w_moe/final_model /tmp/w_dense/final_model
 

@@ -5,8 +5,9 @@ learner and sampler logprobs are apart, with replay off and on — and the dense
 
 Arms (each: the demo's warm start, then --steps RL steps of its config, model.dtype=--dtype):
   dense       configs/demo_gspo.yaml (the dense tiny Qwen3, GSPO)
-  moe_off     configs/demo_moe.yaml, routing recorded (for the agreement), learner.routing_replay=false
-  moe_on      configs/demo_moe.yaml as shipped (replay on)
+  moe_off     configs/demo_moe.yaml at the dense arm's batch (32 prompts, no dynamic sampling), routing
+              recorded (for the agreement), learner.routing_replay=false
+  moe_on      the same with replay on, as shipped
 Per step the learner recomputes the sampling policy's logprobs (mini_batches=2), which gives the
 learner-vs-sampler gap (learner/old_sampler_logprob_diff_mean/max) and, for MoE, the agreement of
 its own top-k with the recorded one (moe/routing_agreement) and of the experts actually used
@@ -38,10 +39,13 @@ sys.path.insert(0, str(ROOT))
 from cluster.metrics import read_metrics  # noqa: E402
 
 RESULTS = ROOT / "scripts" / "results"
+# the MoE arms train the dense arm's batch: 32 prompts, every group (the MoE demo's 64 prompts with
+# dynamic sampling since 12-06 would change what is compared, and the recorded measurement)
+SAME_BATCH = ["trainer.prompts_per_step=32", "buffer.dynamic_sampling=false"]
 ARMS = {
     "dense": ("configs/demo_gspo.yaml", []),
-    "moe_off": ("configs/demo_moe.yaml", ["learner.routing_replay=false"]),
-    "moe_on": ("configs/demo_moe.yaml", []),
+    "moe_off": ("configs/demo_moe.yaml", [*SAME_BATCH, "learner.routing_replay=false"]),
+    "moe_on": ("configs/demo_moe.yaml", SAME_BATCH),
 }
 KEYS = ["moe/routing_agreement", "moe/used_routing_agreement", "learner/old_sampler_logprob_diff_mean",
         "learner/old_sampler_logprob_diff_max", "timing/step"]
