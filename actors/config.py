@@ -67,7 +67,7 @@ class RolloutConfig:
     kv_cache_gib: float = 0.25  # explicit KV-cache size (on CPU vLLM otherwise takes a share of host RAM)
     # vLLM's scheduler: the sequences in one engine step, and the tokens it computes (prefill included).
     # vLLM's CPU defaults (256 / 4096) cut a 64-prompt x 16-sample round into four waves; these (vLLM's
-    # own for an H100, and verl's) run it in one: the MoE demo's generation 0.60 -> 0.46 s per step
+    # own for an H100, and verl's) run it in one (BENCHMARKS.md "Rollout engine batch limits")
     max_num_seqs: int = 1024
     max_num_batched_tokens: int = 16384
     gpu_memory_utilization: float = 0.85  # GPU only

@@ -381,7 +381,7 @@ def engine_scheduler(cfg: RunConfig) -> Optional[str]:
     if fields:
         return (f"rollout.engine_kwargs sets {', '.join(fields)}: set rollout.{fields[0]} instead "
                 f"(one place for each engine setting)")
-    # multi-turn rollouts prefill prompts whole (actors/rollout.py): then a step must hold the longest sequence
+    # multi-turn rollouts prefill prompts whole (actors/engine_args.py): then a step must hold the longest sequence
     need = {"rollout.max_num_seqs": r.max_num_seqs, **({"rollout.max_model_len": r.max_model_len} if r.env.name else {})}
     short = [f"{k}={v}" for k, v in need.items() if r.max_num_batched_tokens < v]
     if short:

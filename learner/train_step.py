@@ -192,9 +192,10 @@ def train_on_batch(eng: Engine, batch: LearnerBatch, algo: AlgorithmConfig) -> d
     # Old logprobs. The first update's forward runs the weights that sampled the batch, so mini-batch
     # 0 takes its old logprobs from there (old = logp.detach(), kept for later epochs); only the
     # later mini-batches, trained after an update, need a scoring pass before the first update.
-    reuse = algo.epochs * M > 1
-    later = [i for m in mini[1:] for i in m]
-    old = (score(eng, batch, later, measure_routing=True) if M > 1 else {}) if reuse else None
+    old: Optional[dict[int, torch.Tensor]] = None  # None: one update, whose forward is the old policy
+    if algo.epochs * M > 1:
+        later = [i for m in mini[1:] for i in m]
+        old = score(eng, batch, later, measure_routing=True) if M > 1 else {}
     # the KL term of the loss (PPO with kl_in_reward puts it in the reward instead: cluster/ppo.py)
     ref = score(eng, batch, trained, reference=True) if algo.kl_coef > 0 and not algo.kl_in_reward else None
     if old is not None:

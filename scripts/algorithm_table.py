@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "bench")]
 
 from actors.tasks.arithmetic import preference_pairs, write_jsonl  # noqa: E402
 from cluster.metrics import read_metrics  # noqa: E402
-from machine import describe, one_line  # noqa: E402  (scripts/bench/machine.py)
+from machine import describe, git_commit, one_line  # noqa: E402  (scripts/bench/machine.py)
 from sections import BEGIN, END, write_algorithm_table  # noqa: E402
 
 GRPO = "configs/demo_grpo.yaml"
@@ -55,12 +55,6 @@ ALGORITHMS = {  # key: (config, overrides)
 }
 # every run: no progress bar (the output is captured), no exported model, no sample dumps
 COMMON = ["logging.progress=false", "checkpoint.export_hf=false", "logging.dump_samples_every=0"]
-
-
-def git_commit() -> str:
-    out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=ROOT,
-                         capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
 
 
 def run(key: str, steps: int, extra: list[str], pairs: Path) -> dict:

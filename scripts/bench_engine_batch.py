@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "bench")]
 
 from cluster.metrics import read_metrics  # noqa: E402
-from machine import describe, one_line  # noqa: E402  (scripts/bench/machine.py)
+from machine import describe, git_commit, one_line  # noqa: E402  (scripts/bench/machine.py)
 from sections import markers, write_section  # noqa: E402
 
 WORK = ROOT / "runs" / "bench_engine_batch"
@@ -113,8 +113,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.steps <= SKIP + 1:
         parser.error(f"--steps must exceed {SKIP + 1}: the first {SKIP} steps of a run are dropped")
-    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     results = {}
     for name in args.only.split(","):
         model = warm_start(name)

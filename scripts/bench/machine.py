@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+from pathlib import Path
 from importlib import metadata
 
 from cluster.dtype import cpu_flags, cpu_model, simd_summary
@@ -34,3 +36,10 @@ def describe() -> dict:
 def one_line(m: dict) -> str:
     pk = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
     return (f"{m['cpu']} ({m['simd']}), {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}; {pk}")
+
+
+def git_commit() -> str:
+    """The checkout's commit (with -dirty when the working tree differs), for a table's provenance."""
+    out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=Path(__file__).parent,
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
