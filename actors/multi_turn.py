@@ -62,6 +62,7 @@ class _Trajectory:
     finish_reason: str = "stop"
     finished: bool = False
     request: str = ""  # the engine's id of the turn in flight
+    params: Any = None  # the turn in flight's SamplingParams (whether the engine detokenizes it)
     expert_counts: Any = None  # MoE: numpy [layers, experts], summed over the turns' requests
     routing: Any = None  # MoE, recorded: numpy [positions computed so far, layers, top_k]
 
@@ -171,6 +172,7 @@ class MultiTurnRunner:
         if tr.prompt.get("seed") is not None:
             turn["seed"] = (int(tr.prompt["seed"]) << 16) + (tr.k << 8) + tr.episode.turns
         params = w._sampling_params(1, turn, {})
+        tr.params = params
         with w._engine():
             rid = w.llm.enqueue([{"prompt_token_ids": tr.prompt_ids + tr.response_ids}], [params], use_tqdm=False)[0]
         by_request[rid.split("-", 1)[0]] = tr  # outputs carry the external id
@@ -178,17 +180,18 @@ class MultiTurnRunner:
 
     def _record_turn(self, tr: _Trajectory, c: Any, version_override: Optional[int]) -> Turn:
         ids = list(c.token_ids)
+        text = self.worker.completion_texts([c], tr.params)[0]
         versions = ([version_override] * len(ids) if version_override is not None
                     else token_versions(c.weight_versions, len(ids), self.worker.version))
         tr.response_ids += ids
         tr.logprobs += sampled_logprobs(c.logprobs, ids)
         tr.mask += [1] * len(ids)
         tr.versions += versions
-        tr.text.append(c.text)
+        tr.text.append(text)
         tr.finish_reason = finish_reason(c.finish_reason)
         tr.episode.turns += 1
         tr.episode.turn_ends.append(len(tr.response_ids))
-        return Turn(text=c.text, token_ids=ids, index=tr.episode.turns - 1, finish_reason=tr.finish_reason)
+        return Turn(text=text, token_ids=ids, index=tr.episode.turns - 1, finish_reason=tr.finish_reason)
 
     def _take_routing(self, tr: _Trajectory) -> None:
         """MoE: the ended turn's expert counts and, when recorded, the routing of the positions its

@@ -158,13 +158,13 @@ class RolloutWorker:
                 # one LLM.generate runs, except that finished groups leave it as soon as they are done.
                 request_ids = self.llm.enqueue(inputs, params, use_tqdm=False)
             # enqueue returns internal ids "<external>-<random suffix>"; outputs carry the external id.
-            pending = {rid.split("-", 1)[0]: p for rid, p in zip(request_ids, prompts)}
+            pending = {rid.split("-", 1)[0]: (p, sp) for rid, p, sp in zip(request_ids, prompts, params)}
             internal = {rid.split("-", 1)[0]: rid for rid in request_ids}
             try:
                 while (outs := self._engine_step()) is not None:
                     for out in outs:
                         if out.finished:
-                            group = self._group(pending.pop(out.request_id), out, version_override,
+                            group = self._group(*pending.pop(out.request_id), out, version_override,
                                                 time.perf_counter() - t0)
                             if self.moe:
                                 with self._engine():
@@ -175,7 +175,7 @@ class RolloutWorker:
                     with self._engine():
                         engine.abort_request(list(pending))
         if pending:
-            raise RuntimeError(f"engine finished without outputs for prompts {[p['prompt_id'] for p in pending.values()]}")
+            raise RuntimeError(f"engine finished without outputs for prompts {[p['prompt_id'] for p, _ in pending.values()]}")
 
     def _generate_multi_turn(self, prompts: list[dict[str, Any]], n: int, sampling: Optional[dict[str, Any]],
                              version_override: Optional[int]) -> Iterator[Group]:
@@ -237,20 +237,30 @@ class RolloutWorker:
         if self._prefix_cache_stale and self.llm.reset_prefix_cache():
             self._prefix_cache_stale = False
 
-    def _group(self, prompt: dict[str, Any], out: Any, version_override: Optional[int], seconds: float) -> Group:
+    def completion_texts(self, completions: list, params: Any) -> list[str]:
+        """The completions' texts: vLLM's when it detokenized them (stop strings need it), else the
+        token ids decoded here in one batch, as vLLM's detokenizer would have (special tokens skipped)."""
+        if params.detokenize:
+            return [c.text for c in completions]
+        return self.tokenizer.batch_decode([list(c.token_ids) for c in completions],
+                                           skip_special_tokens=params.skip_special_tokens)
+
+    def _group(self, prompt: dict[str, Any], params: Any, out: Any, version_override: Optional[int],
+               seconds: float) -> Group:
         prompt_ids = list(out.prompt_token_ids)
         text = prompt.get("prompt")
         if text is None:
             text = out.prompt if out.prompt is not None else self.tokenizer.decode(prompt_ids)
         meta = prompt.get("meta") or {}
         samples = []
-        for c in sorted(out.outputs, key=lambda c: c.index):
+        completions = sorted(out.outputs, key=lambda c: c.index)
+        for c, response in zip(completions, self.completion_texts(completions, params)):
             response_ids = list(c.token_ids)
             versions = ([version_override] * len(response_ids) if version_override is not None
                         else token_versions(c.weight_versions, len(response_ids), self._version))
             samples.append(Sample(
                 prompt_id=prompt["prompt_id"], prompt=text, prompt_ids=list(prompt_ids),
-                response=c.text, response_ids=response_ids, logprobs=sampled_logprobs(c.logprobs, response_ids),
+                response=response, response_ids=response_ids, logprobs=sampled_logprobs(c.logprobs, response_ids),
                 finish_reason=finish_reason(c.finish_reason),
                 policy_version=min(versions, default=self._version if version_override is None else version_override),
                 token_versions=versions, meta=dict(meta),
@@ -286,6 +296,7 @@ class RolloutWorker:
             extra["seed"] = prompt["seed"]
         if extra.get("seed") is not None:
             extra["seed"] = request_seed(int(extra["seed"]))
+        stop = list(knobs["stop"]) or None
         return SamplingParams(
             n=n,
             temperature=knobs["temperature"],
@@ -293,8 +304,12 @@ class RolloutWorker:
             top_k=knobs["top_k"],
             max_tokens=knobs["max_new_tokens"],
             min_tokens=knobs["min_new_tokens"],
-            stop=list(knobs["stop"]) or None,
+            stop=stop,
             include_stop_str_in_output=True,  # response text == decode(response_ids), which the learner trains on
+            # vLLM detokenizes every sequence token by token, and decodes each sampled token again for its
+            # logprob entry: ~15% of a round of short completions on CPU. Only stop strings need that
+            # text while sampling; otherwise completion_texts decodes each finished group once.
+            detokenize=stop is not None,
             logprobs=0,  # the sampled token's logprob only
             flat_logprobs=True,  # a few flat lists per sequence instead of one dict per token
             **extra,

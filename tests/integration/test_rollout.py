@@ -117,6 +117,21 @@ def test_stop_strings_finish_with_stop(engine):
         assert s.response == engine.worker.tokenizer.decode(s.response_ids, skip_special_tokens=True)
 
 
+def test_the_text_is_the_same_whether_the_engine_detokenizes_or_not(engine):
+    """Without stop strings vLLM does not detokenize while sampling; the worker decodes each finished
+    group once. A stop string that never matches turns vLLM's detokenizer on for the same draws."""
+    w, tok = engine.worker, engine.worker.tokenizer
+    seeded = [{**p, "seed": 40 + i} for i, p in enumerate(prompts(4))]
+    assert not w._sampling_params(4, None, seeded[0]).detokenize
+    assert w._sampling_params(4, {"stop": ["§§"]}, seeded[0]).detokenize
+    ours = [s for g in w.generate(seeded, 4) for s in g.samples]
+    vllms = [s for g in w.generate(seeded, 4, {"stop": ["§§"]}) for s in g.samples]
+    assert [s.response_ids for s in ours] == [s.response_ids for s in vllms]
+    assert [s.response for s in ours] == [s.response for s in vllms]
+    assert any(s.response_ids[-1] == tok.eos_token_id for s in ours)  # special tokens were there to skip
+    assert all(s.response == tok.decode(s.response_ids, skip_special_tokens=True) and s.response for s in ours)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampler_logprobs_are_the_tempered_distribution(engine, temperature):
     """Sample.logprobs == log_softmax(logits / T) of the same weights: what the learner recomputes."""
