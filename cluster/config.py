@@ -53,10 +53,16 @@ class DataConfig:
 class WarmStartConfig:
     """Supervised warm start (cross-entropy on prompt -> reference answer) through the same learner."""
 
-    steps: int = 0
+    steps: int = 0  # supervised steps; with target_accuracy, the most it may take
     batch_size: int = 64
     lr: float = 1e-3
     target_key: str = "answer"  # the data field the model is taught to output (plus EOS)
+    # > 0: stop as soon as the policy's accuracy (as held-out evaluation measures it: pass@eval_n at
+    # eval_temperature) on `check_prompts` training prompts reaches this, checked every `check_every`
+    # steps. RL then starts from the same accuracy whatever the seed or the CPU's float path.
+    target_accuracy: float = 0.0
+    check_every: int = 50
+    check_prompts: int = 256
 
 
 @dataclasses.dataclass

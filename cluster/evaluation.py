@@ -7,7 +7,7 @@ function) is at least `eval_threshold`; a prompt passes when any of its k sample
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from actors.types import EPISODE_CUTS, Group
 
@@ -19,9 +19,12 @@ def is_correct(sample: Any, component: str, threshold: float) -> bool:
     return sample.reward_components.get(component, sample.reward) >= threshold
 
 
-def evaluate(run: "Run") -> dict[str, float]:
+def evaluate(run: "Run", prompts: Optional[list[dict[str, Any]]] = None) -> dict[str, float]:
+    """pass@eval_n at eval_temperature over `prompts` (default: the held-out prompts, at most
+    trainer.eval_max_prompts of them)."""
     cfg = run.cfg.trainer
-    prompts = run.eval_prompts[: cfg.eval_max_prompts or None]
+    if prompts is None:
+        prompts = run.eval_prompts[: cfg.eval_max_prompts or None]
     sampling = {"temperature": cfg.eval_temperature}
     groups = list(run.rollout.generate([{**p, "seed": i} for i, p in enumerate(prompts)], cfg.eval_n, sampling))
     passed = sum(any(is_correct(s, run.eval_component, run.eval_threshold) for s in g.samples) for g in groups)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from actors.buffer import GroupBuffer
-from cluster.batching import groups_to_batch, reward_weights, sft_batch, sft_examples
+from cluster.batching import groups_to_batch, reward_weights
 from cluster.actor_group import ActorLost
 from cluster.checkpoint import Checkpointer, LoopState, restore, rng_state, warm_started_policy, warm_started_reference
 from cluster.config import RunConfig
@@ -34,6 +34,7 @@ from cluster.ppo import needs_critic, ppo_step, start_critic
 from cluster.preference import offline_dpo, online_dpo_step
 from cluster.rollout_feed import RolloutFeed
 from cluster.scaling import RolloutScaler
+from cluster.warm_start import warm_start
 from cluster.run_setup import Run, start_run
 from learner.train_step import uses_reference
 
@@ -91,7 +92,7 @@ def fresh_start(run: Run, state: LoopState, ckpt: Checkpointer, feed: RolloutFee
     while True:
         try:
             seed_everything(cfg.trainer.seed)
-            warm_start(run, logger)
+            warm_start(run, logger, state.version)
             start_from_warm_start(run, logger, fresh=True)  # the reference (KL, DPO) and PPO's critic
             run.sync.push(state.version)
             log_eval(run, logger, state.step, "before RL")
@@ -183,26 +184,6 @@ def describe(run: Run) -> str:
     return (f"{len(run.learner)} learner rank(s) (ZeRO-{cfg.learner.zero_stage}, {cfg.learner.dtype}), "
             f"{len(run.rollout.workers)} rollout worker(s) ({cfg.rollout.dtype}), "
             f"{len(run.rollout.scorers)} reward scorer(s); run directory {run.dir}")
-
-
-def warm_start(run: Run, logger: MetricsLogger) -> None:
-    ws = run.cfg.trainer.warm_start
-    if ws.steps <= 0:
-        return
-    rng = random.Random(run.cfg.trainer.seed)
-    t0 = time.perf_counter()
-    examples = sft_examples(run.train_prompts, run.tokenizer, ws.target_key)  # tokenised once
-    report_every = max(1, ws.steps // 5)
-    chunk = max(1, min(report_every, 25))  # steps per learner call: few round trips, a live progress line
-    run.rollout.sleep()  # colocated: the engines free the device; the first push wakes them
-    for first in range(1, ws.steps + 1, chunk):
-        last = min(ws.steps, first + chunk - 1)
-        batches = [sft_batch(rng.sample(examples, min(ws.batch_size, len(examples)))) for _ in range(first, last + 1)]
-        for i, m in enumerate(run.learner.sft_steps(batches, ws.lr), start=first):
-            logger.log(i, m, kind="warm_start")
-            if i % report_every == 0 or i == ws.steps:
-                logger.print(f"warm start {i}/{ws.steps}: loss {m['sft/loss']:.4f}")
-    logger.print(f"warm start: {ws.steps} supervised steps in {time.perf_counter() - t0:.1f}s")
 
 
 def start_from_warm_start(run: Run, logger: MetricsLogger, fresh: bool) -> None:

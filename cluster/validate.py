@@ -430,6 +430,21 @@ def overlong_window(cfg: RunConfig) -> Optional[str]:
 
 
 @check
+def warm_start_target(cfg: RunConfig) -> Optional[str]:
+    ws = cfg.trainer.warm_start
+    if not 0.0 <= ws.target_accuracy <= 1.0:
+        return f"trainer.warm_start.target_accuracy={ws.target_accuracy} must be in [0, 1] (0 = run all steps)"
+    if ws.target_accuracy == 0:
+        return None
+    problems = [f"{k}={v}" for k, v in (("steps", ws.steps), ("check_every", ws.check_every),
+                                        ("check_prompts", ws.check_prompts)) if v < 1]
+    if problems:
+        return (f"trainer.warm_start.target_accuracy={ws.target_accuracy} stops a warm start early, which needs "
+                "trainer.warm_start " + ", ".join(problems) + " to be >= 1 (steps: the most it may take)")
+    return None
+
+
+@check
 def eval_sampling(cfg: RunConfig) -> Optional[str]:
     if cfg.trainer.eval_n > 1 and cfg.trainer.eval_temperature == 0:
         return "trainer.eval_n > 1 with eval_temperature=0 repeats one greedy answer: set eval_temperature > 0 or eval_n=1"
