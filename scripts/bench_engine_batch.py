@@ -19,7 +19,6 @@ scripts/results/engine_batch.json and the engine_batch section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "bench")]
 
 from cluster.metrics import read_metrics  # noqa: E402
 from machine import describe, git_commit, one_line  # noqa: E402  (scripts/bench/machine.py)
-from sections import markers, write_section  # noqa: E402
+from sections import markers, publish  # noqa: E402
 
 WORK = ROOT / "runs" / "bench_engine_batch"
 WORKLOADS = {  # name: (config, overrides)
@@ -130,9 +129,7 @@ def main() -> int:
     payload = {"command": " ".join([".venv/bin/python scripts/bench_engine_batch.py", *sys.argv[1:]]),
                "date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit, "machine": describe(),
                "steps": args.steps, "reps": args.reps, "results": results}
-    Path(args.out).write_text(json.dumps(payload, indent=1))
-    write_section(Path(args.md), "engine_batch", section(payload))
-    print(section(payload))
+    publish(payload, Path(args.out), Path(args.md), "engine_batch", section(payload))
     return 0
 
 

@@ -39,3 +39,12 @@ def write_section(md: Path, name: str, section: str) -> None:
 
 def write_algorithm_table(md: Path, section: str) -> None:
     write_section(md, "algorithm_table", section)
+
+
+def publish(payload: dict, out: Path, md: Path, name: str, text: str) -> None:
+    """A section-owning script's results: the JSON to `out`, its section into `md`, the section printed."""
+    import json
+
+    out.write_text(json.dumps(payload, indent=1))
+    write_section(md, name, text)
+    print(text)
