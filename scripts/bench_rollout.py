@@ -2,8 +2,9 @@
 
 1. Throughput. On ONE engine (the worker's own `vllm.LLM`), with the same prompts and the same
    sampling parameters (n completions of forced length, logprobs of the sampled tokens), alternate
-   (a) `RolloutWorker.generate_stream` consumed to the end (building Groups/Samples) and
-   (b) bare `LLM.generate`, `--reps` times each; report median tokens/s and their ratio.
+   (a) `RolloutWorker.generate_stream` consumed to the end (building Groups/Samples, their texts
+   decoded once per finished group) and (b) bare `LLM.generate` (vLLM's default: it detokenizes while
+   sampling), `--reps` times each; report median tokens/s and their ratio.
    Floor: rollout >= 0.9 x bare.
 2. Weight update. For dense tiny Qwen3s of ~0.3M, ~10M and ~60M parameters (and the tiny MoE, which
    pays the CPU MoE reload fix), a stand-in learner rank 0 broadcasts a perturbed checkpoint over
