@@ -53,7 +53,7 @@ class DataConfig:
 class WarmStartConfig:
     """Supervised warm start (cross-entropy on prompt -> reference answer) through the same learner."""
 
-    steps: int = 0  # supervised steps; with target_accuracy, the most it may take
+    steps: int = 0  # supervised steps (0: no warm start); with target_accuracy, the most it may take
     batch_size: int = 64
     lr: float = 1e-3
     target_key: str = "answer"  # the data field the model is taught to output (plus EOS)

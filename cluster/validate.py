@@ -434,13 +434,12 @@ def warm_start_target(cfg: RunConfig) -> Optional[str]:
     ws = cfg.trainer.warm_start
     if not 0.0 <= ws.target_accuracy <= 1.0:
         return f"trainer.warm_start.target_accuracy={ws.target_accuracy} must be in [0, 1] (0 = run all steps)"
-    if ws.target_accuracy == 0:
+    if ws.target_accuracy == 0 or ws.steps <= 0:  # no target, or no warm start (steps=0 turns it off)
         return None
-    problems = [f"{k}={v}" for k, v in (("steps", ws.steps), ("check_every", ws.check_every),
-                                        ("check_prompts", ws.check_prompts)) if v < 1]
+    problems = [f"{k}={v}" for k, v in (("check_every", ws.check_every), ("check_prompts", ws.check_prompts)) if v < 1]
     if problems:
-        return (f"trainer.warm_start.target_accuracy={ws.target_accuracy} stops a warm start early, which needs "
-                "trainer.warm_start " + ", ".join(problems) + " to be >= 1 (steps: the most it may take)")
+        return (f"trainer.warm_start.target_accuracy={ws.target_accuracy} checks the warm start's accuracy, which "
+                "needs trainer.warm_start " + ", ".join(problems) + " to be >= 1")
     return None
 
 

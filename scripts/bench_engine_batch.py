@@ -36,7 +36,8 @@ from sections import markers, publish  # noqa: E402
 WORK = ROOT / "runs" / "bench_engine_batch"
 WORKLOADS = {  # name: (config, overrides)
     "moe": ("configs/demo_moe.yaml", ["trainer.prompts_per_step=64", "buffer.dynamic_sampling=true",
-                                      "buffer.max_extra_rounds=2"]),
+                                      "buffer.max_extra_rounds=2",  # the warm start as measured (12-06)
+                                      "trainer.warm_start.steps=1300", "trainer.warm_start.target_accuracy=0"]),
     "dense": ("configs/demo_grpo.yaml", []),
 }
 SIDES = {

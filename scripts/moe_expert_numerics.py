@@ -4,7 +4,8 @@ hooks under variants of the expert block's numerics — and the dense model's ga
 
     # the two models: each demo's warm start (plus one RL step), exported to RUN_DIR/final_model
     .venv/bin/relayrl train configs/demo_moe.yaml trainer.total_steps=1 logging.run_dir=/tmp/w_moe \
-        trainer.prompts_per_step=32 buffer.dynamic_sampling=false  # the config as measured (12-03)
+        trainer.prompts_per_step=32 buffer.dynamic_sampling=false \
+        trainer.warm_start.steps=1300 trainer.warm_start.target_accuracy=0  # the config as measured (12-03)
     .venv/bin/relayrl train configs/demo_gspo.yaml trainer.total_steps=1 logging.run_dir=/tmp/w_dense
     .venv/bin/python scripts/moe_expert_numerics.py /tmp/w_moe/final_model /tmp/w_dense/final_model
 

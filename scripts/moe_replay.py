@@ -39,9 +39,11 @@ sys.path.insert(0, str(ROOT))
 from cluster.metrics import read_metrics  # noqa: E402
 
 RESULTS = ROOT / "scripts" / "results"
-# the MoE arms train the dense arm's batch: 32 prompts, every group (the MoE demo's 64 prompts with
-# dynamic sampling since 12-06 would change what is compared, and the recorded measurement)
-SAME_BATCH = ["trainer.prompts_per_step=32", "buffer.dynamic_sampling=false"]
+# the MoE arms train the dense arm's batch: 32 prompts, every group, after the fixed 1,300-step warm
+# start (the MoE demo's 64 prompts with dynamic sampling since 12-06, and its warm start to a target
+# accuracy since 12-07, would change what is compared, and the recorded measurement)
+SAME_BATCH = ["trainer.prompts_per_step=32", "buffer.dynamic_sampling=false", "trainer.warm_start.steps=1300",
+              "trainer.warm_start.target_accuracy=0"]
 ARMS = {
     "dense": ("configs/demo_gspo.yaml", []),
     "moe_off": ("configs/demo_moe.yaml", [*SAME_BATCH, "learner.routing_replay=false"]),

@@ -52,7 +52,7 @@ def run_prompts():
 def run_with(monkeypatch, accuracies, **warm):
     """A warm start whose checks see `accuracies` in turn; returns (learner, logger, checked steps)."""
     over = [f"trainer.warm_start.{k}={v}" for k, v in warm.items()]
-    cfg = load_config("configs/demo_moe.yaml", over)
+    cfg = load_config(None, over)
     run = types.SimpleNamespace(cfg=cfg, tokenizer=Tokenizer(), train_prompts=run_prompts(), learner=Learner(),
                                 rollout=types.SimpleNamespace(sleep=lambda: None))
     checked, it = [], iter(accuracies)
@@ -99,6 +99,6 @@ def test_the_check_prompts_are_the_same_for_every_seed():
     prompts = [{"prompt_id": str(i)} for i in range(1000)]
     picks = []
     for seed in (0, 1):
-        cfg = load_config("configs/demo_moe.yaml", [f"trainer.seed={seed}", "trainer.warm_start.check_prompts=8"])
+        cfg = load_config(None, [f"trainer.seed={seed}", "trainer.warm_start.check_prompts=8"])
         picks.append(ws_mod.check_prompts(types.SimpleNamespace(cfg=cfg, train_prompts=prompts)))
     assert picks[0] == picks[1] and len(picks[0]) == 8 and len({p["prompt_id"] for p in picks[0]}) == 8
