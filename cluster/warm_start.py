@@ -35,7 +35,7 @@ def warm_start(run: "Run", logger: MetricsLogger, version: int) -> None:
     chunk = max(1, min(report_every, 25))  # steps per learner call: few round trips, a live progress line
     run.rollout.sleep()  # colocated: the engines free the device; the first push wakes them
     step, reached = 0, None
-    while step < ws.steps and reached is None:
+    while step < ws.steps:
         last = min(ws.steps, step + chunk)
         if check:
             last = min(last, (step // ws.check_every + 1) * ws.check_every)
@@ -49,11 +49,13 @@ def warm_start(run: "Run", logger: MetricsLogger, version: int) -> None:
             accuracy = check_accuracy(run, logger, check, step, version)
             if accuracy >= ws.target_accuracy:
                 reached = accuracy
-    logger.print(f"warm start: {step} supervised steps in {time.perf_counter() - t0:.1f}s" + (
-        "" if not check else
-        f" (accuracy on {len(check)} training prompts {100 * reached:.1f}% >= target {100 * ws.target_accuracy:g}%)"
-        if reached is not None else
-        f" (target accuracy {100 * ws.target_accuracy:g}% not reached within warm_start.steps={ws.steps})"))
+                break
+    outcome = ""
+    if reached is not None:
+        outcome = f" (accuracy on {len(check)} training prompts {100 * reached:.1f}% >= target {100 * ws.target_accuracy:g}%)"
+    elif check:
+        outcome = f" (target accuracy {100 * ws.target_accuracy:g}% not reached within warm_start.steps={ws.steps})"
+    logger.print(f"warm start: {step} supervised steps in {time.perf_counter() - t0:.1f}s{outcome}")
 
 
 def check_prompts(run: "Run") -> list[dict[str, Any]]:

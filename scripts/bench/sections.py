@@ -4,6 +4,7 @@ scripts/bench_engine_batch.py: "engine_batch"). Each keeps the others' parts."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -43,8 +44,6 @@ def write_algorithm_table(md: Path, section: str) -> None:
 
 def publish(payload: dict, out: Path, md: Path, name: str, text: str) -> None:
     """A section-owning script's results: the JSON to `out`, its section into `md`, the section printed."""
-    import json
-
     out.write_text(json.dumps(payload, indent=1))
     write_section(md, name, text)
     print(text)
