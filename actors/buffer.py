@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 from actors.config import BufferConfig
 from actors.types import Group
@@ -76,13 +76,15 @@ class GroupBuffer:
         """Remove and return the k oldest ready groups (fewer if fewer are ready)."""
         return [self._ready.popleft() for _ in range(min(k, len(self._ready)))]
 
-    def take_filtered(self, k: int) -> list[Group]:
-        """Dynamic sampling hit its round bound: complete a batch with set-aside groups (counted).
+    def take_filtered(self, k: int, order: Optional[Callable[[Group], int]] = None) -> list[Group]:
+        """Dynamic sampling hit its round bound: complete a batch with set-aside groups (counted), the
+        first k by `order` (default: as they came in).
 
         Their rewards are all equal, so group-relative advantages are zero: they fill the batch
         shape without steering the update.
         """
-        out = [self._filtered.popleft() for _ in range(min(k, len(self._filtered)))]
+        pool = sorted(self._filtered, key=order) if order is not None else list(self._filtered)
+        out, self._filtered = pool[:k], collections.deque(pool[k:])
         self.counts["dynamic_sampling_shortfall_groups"] += len(out)
         return out
 

@@ -91,7 +91,8 @@ class RolloutFeed:
             else:
                 count = refill_count(missing, kept, received, need, cfg.buffer.refill) if round_ else missing
                 batch = self._issue(step, round_, count, avoid=issued.keys())
-            issued.update((p["prompt_id"], len(issued) + i) for i, p in enumerate(batch.prompts))
+            first = len(issued)  # positions continue across rounds: (a generator would read len() as it grows)
+            issued.update((p["prompt_id"], first + i) for i, p in enumerate(batch.prompts))
             for group in batch.future.result():
                 kept += self.buffer.add(group, version) is None
                 received += 1
@@ -104,7 +105,7 @@ class RolloutFeed:
         groups = ready[:need]
         self.buffer.drop_surplus(ready[need:])
         if len(groups) < need:
-            groups += self.buffer.take_filtered(need - len(groups))
+            groups += self.buffer.take_filtered(need - len(groups), order=position)
         self.buffer.clear_filtered()
         groups.sort(key=position)
         return groups, staleness_metrics(groups, version)

@@ -230,3 +230,27 @@ def test_a_refill_that_overshoots_drops_the_surplus_and_counts_it(completion):
     groups2, _ = feed.take(2, version=1, timing={})
     assert [g.prompt_id for g in groups2] == ["p8", "p9", "p10", "p11"]  # p7 (surplus) is not trained later
     feed.close()
+
+
+@pytest.mark.parametrize("completion", ["issue order", "reversed"])
+def test_a_shortfall_is_filled_with_set_asides_in_issue_order(completion):
+    """Round 0: p0 mixed, p1..p3 flat; the refill round: p4 mixed, p5 p6 flat. Two places are left,
+    filled with set-aside groups: the first issued (p1, p2) whatever order the groups finish in, so a
+    step's batch is a function of the data position alone (runs with dynamic sampling repeat exactly)."""
+    class Rollout(FakeRollout):
+        def generate(self, prompts, n):
+            self.calls.append([p["prompt_id"] for p in prompts])
+            mixed = {"p0", "p4"}
+            groups = [Group(p["prompt_id"], [Sample(p["prompt_id"], "q", [1], "a", [2], [-0.1], "stop", 0,
+                                                    reward=float(i % 2) if p["prompt_id"] in mixed else 1.0)
+                                             for i in range(n)]) for p in prompts]
+            return iter(groups[::-1] if completion == "reversed" else groups)
+
+    run = make_run(**{"trainer.prompts_per_step": 4, "buffer.dynamic_sampling": True, "buffer.max_extra_rounds": 1})
+    run.rollout = Rollout()
+    feed = feed_of(run, 0)
+    groups, _ = feed.take(1, version=0, timing={})
+    feed.close()
+    assert run.rollout.calls == [["p0", "p1", "p2", "p3"], ["p4", "p5", "p6"]]
+    assert [g.prompt_id for g in groups] == ["p0", "p1", "p2", "p4"]
+    assert feed.buffer.counts["dynamic_sampling_shortfall_groups"] == 2
