@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "bench")]
@@ -50,10 +51,12 @@ SKIP = 5  # first steps dropped from each run's median
 KEYS = {"step_s": "timing/step", "generate_s": "timing/generate", "engine_s": "rollout/engine_seconds"}
 
 
-def relayrl(config: str, overrides: list[str], run_dir: Path) -> None:
+def relayrl(config: str, overrides: list[str], run_dir: Path, env: Optional[dict[str, str]] = None) -> None:
+    """One `relayrl train` run into run_dir (replaced if there); env: the process's whole environment."""
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run of an earlier invocation
     cmd = [str(Path(sys.executable).with_name("relayrl")), "train", config, *overrides, *COMMON,
            f"logging.run_dir={run_dir}"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
 
@@ -71,7 +74,6 @@ def warm_start(name: str) -> Path:
 def run_side(name: str, side: str, rep: int, steps: int, model: Path) -> dict:
     config, overrides = WORKLOADS[name]
     run_dir = WORK / f"{name}_{side}_{rep}"
-    shutil.rmtree(run_dir, ignore_errors=True)  # a run of an earlier invocation
     t0 = time.perf_counter()
     relayrl(config, [*overrides, *SIDES[side], f"model.path={model}", "model.tiny=null",
                      "trainer.warm_start.steps=0", f"trainer.total_steps={steps}"], run_dir)
