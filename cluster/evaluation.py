@@ -75,7 +75,8 @@ def rollout_stats(groups: list[Group], component: str, threshold: float) -> dict
         "reward/accuracy": sum(is_correct(s, component, threshold) for s in samples) / len(samples),
         "reward/errors": float(sum(s.reward_error is not None for s in samples)),
         "rollout/groups": float(len(groups)),
-        # inside the engines: the slowest group's submit-to-finish time, and scoring (summed over groups)
+        # inside the engines: the slowest group's submit-to-finish time (a training step's feed replaces it by
+        # the sum over its generation rounds: cluster/rollout_feed.py), and scoring (summed over groups)
         "rollout/engine_seconds": max(g.generate_seconds for g in groups),
         "rollout/score_seconds": sum(g.score_seconds for g in groups),
         "rollout/samples": float(len(samples)),

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from cluster.metrics import MetricsLogger
     from cluster.run_setup import Run
 
-Held = tuple[list[Group], dict[str, float]]  # a step's groups and their staleness metrics
+Held = tuple[list[Group], dict[str, float]]  # a step's groups and their feed metrics (staleness, generation rounds)
 
 
 REBUILT_GROUPS = ("learner", "critic")  # the groups whose lost rank this rebuilds (ActorLost.name "learner[1]")

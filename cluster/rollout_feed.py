@@ -75,12 +75,13 @@ class RolloutFeed:
 
     # ---- taking --------------------------------------------------------------------------------------
     def take(self, step: int, version: int, timing: dict[str, float]) -> tuple[list[Group], dict[str, float]]:
-        """This step's B groups (in issue order) and their staleness metrics. `version` is the policy
-        version the learner will train them with."""
+        """This step's B groups (in issue order), and metrics of their staleness and of the step's
+        generation rounds. `version` is the policy version the learner will train them with."""
         cfg = self.run.cfg
         need = cfg.trainer.prompts_per_step
         issued: dict[str, int] = {}
         kept = received = 0  # this step's groups so far: how many passed the filters
+        engine_s = tokens = 0.0  # over every round, groups set aside included
         rounds = 1 + (cfg.buffer.max_extra_rounds if cfg.buffer.dynamic_sampling else 0)
         for round_ in range(rounds):
             missing = need - self.buffer.ready()
@@ -93,10 +94,13 @@ class RolloutFeed:
                 batch = self._issue(step, round_, count, avoid=issued.keys())
             first = len(issued)  # positions continue across rounds: (a generator would read len() as it grows)
             issued.update((p["prompt_id"], first + i) for i, p in enumerate(batch.prompts))
-            for group in batch.future.result():
+            got = batch.future.result()
+            for group in got:
                 kept += self.buffer.add(group, version) is None
                 received += 1
             timing["rounds"] = round_ + 1
+            engine_s += max((g.generate_seconds for g in got), default=0.0)  # the round's slowest group
+            tokens += sum(s.response_length for g in got for s in g.samples)
         # Groups arrive in completion order, which varies run to run; choosing and training them in issue
         # order makes a step's batch (which groups, and its float sums) a function of the data position
         # alone: resumable exactly.
@@ -108,7 +112,10 @@ class RolloutFeed:
             groups += self.buffer.take_filtered(need - len(groups), order=position)
         self.buffer.clear_filtered()
         groups.sort(key=position)
-        return groups, staleness_metrics(groups, version)
+        # the engines' time and output over all the step's rounds (rollout_stats sees the trained groups only)
+        rounds_metrics = {"rollout/engine_seconds": engine_s, "rollout/generated_groups": float(received),
+                          "rollout/generated_tokens": tokens}
+        return groups, {**staleness_metrics(groups, version), **rounds_metrics}
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def drain(self) -> None:

@@ -132,8 +132,8 @@ def rl_step(run: Run, step: int, state: LoopState, feed: RolloutFeed, buffer: Gr
     timing: dict[str, float] = {}
     t = time.perf_counter()
     held = recovery.held(step)  # set when the step is redone after the learner was rebuilt
-    groups, staleness = held or feed.take(step, state.version, timing)  # generated now, or issued steps ago
-    recovery.hold(step, (groups, staleness))
+    groups, feed_metrics = held or feed.take(step, state.version, timing)  # generated now, or issued steps ago
+    recovery.hold(step, (groups, feed_metrics))
     t = mark(timing, "generate", t)
     feed.start_ahead(step, cfg.trainer.total_steps)  # async: the next steps' prompts go out to the current weights
     dpo = cfg.algorithm.dpo.enabled  # online DPO: pairs from the groups instead of a policy-gradient batch
@@ -156,7 +156,7 @@ def rl_step(run: Run, step: int, state: LoopState, feed: RolloutFeed, buffer: Gr
         sync.update(run.sync.verify(*run.probe))
     t = mark(timing, "sync", t)
     metrics = {**rollout_stats(groups, run.eval_component, run.eval_threshold), **learn, **sync,
-               **staleness, **buffer.metrics(), "version": state.version,
+               **feed_metrics, **buffer.metrics(), "version": state.version,
                "rollout/workers": float(len(run.rollout.workers)),
                "rollout/worker_restarts": float(run.rollout.restarts),
                "reward/scorer_restarts": float(run.rollout.scorer_restarts),
@@ -220,9 +220,10 @@ def log_step(logger: MetricsLogger, step: int, metrics: dict[str, Any], timing: 
     metrics["timing/learner_idle_fraction"] = max(0.0, 1.0 - metrics.get("learner/step_seconds", 0.0) / total)
     metrics["timing/rollout_idle_fraction"] = max(0.0, 1.0 - metrics.get("rollout/engine_seconds", 0.0) / total)
     metrics["throughput/samples_per_s"] = metrics.get("rollout/samples", 0.0) / total
-    # tokens over the engines' own generation span (in async mode the driver hardly waits for them)
-    metrics["throughput/gen_tokens_per_s"] = (metrics.get("rollout/response_tokens", 0.0)
-                                              / max(metrics.get("rollout/engine_seconds", 0.0), 1e-9))
+    # tokens over the engines' own generation span (in async mode the driver hardly waits for them),
+    # every generation round's (dynamic sampling's set-asides included)
+    tokens = metrics.get("rollout/generated_tokens", metrics.get("rollout/response_tokens", 0.0))
+    metrics["throughput/gen_tokens_per_s"] = tokens / max(metrics.get("rollout/engine_seconds", 0.0), 1e-9)
     logger.log(step, metrics)
     line = (f"step {step:>4} | reward {metrics['reward/mean']:+.3f} | acc {100 * metrics['reward/accuracy']:5.1f}% | "
             f"len {metrics['rollout/response_length_mean']:5.1f} | gen {timing['generate']:.2f}s learn "

@@ -11,7 +11,8 @@ reused by every run so that all start from the same weights):
   dense  configs/demo_grpo.yaml (the README demo: 32 prompts x 16 samples)
 Per repetition, one `relayrl train` run of --steps steps per side, the sides' order alternated
 between repetitions. Per run: the median over its steps (the first 5 dropped: start-up transients) of
-timing/step, timing/generate and rollout/engine_seconds; reported: the median over repetitions
+timing/step, timing/generate and rollout/engine_seconds (the sum of a step's generation rounds; in the
+results of 12-06, the slowest round); reported: the median over repetitions
 (min-max), and the per-repetition ratio of the two sides' step times. Writes
 scripts/results/engine_batch.json and the engine_batch section of BENCHMARKS.md.
 """

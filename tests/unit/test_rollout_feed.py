@@ -57,8 +57,9 @@ def test_depth_one_issues_the_next_step_with_the_weights_the_workers_hold():
     feed.start_ahead(1, last_step=3)  # idempotent: never more than depth ahead
     assert run.rollout.calls == [["p0", "p1", "p2", "p3"], ["p4", "p5", "p6", "p7"]]
     run.rollout.version = 1  # the weight push after step 1
-    g2, stale = feed.take(2, version=1, timing={})
+    g2, m = feed.take(2, version=1, timing={})
     assert [g.prompt_id for g in g2] == ["p4", "p5", "p6", "p7"]
+    stale = {k: v for k, v in m.items() if k.startswith("staleness/")}
     assert stale == {"staleness/mean": 1.0, "staleness/max": 1.0, "staleness/samples_lag_1": 8.0,
                      "staleness/partial_samples": 0.0}
     feed.start_ahead(2, last_step=2)  # never past the last step
@@ -254,3 +255,25 @@ def test_a_shortfall_is_filled_with_set_asides_in_issue_order(completion):
     assert run.rollout.calls == [["p0", "p1", "p2", "p3"], ["p4", "p5", "p6"]]
     assert [g.prompt_id for g in groups] == ["p0", "p1", "p2", "p4"]
     assert feed.buffer.counts["dynamic_sampling_shortfall_groups"] == 2
+
+
+def test_a_steps_engine_time_and_tokens_cover_every_generation_round():
+    """HalfFlatRollout's rounds of 8, 4 and 2 prompts, each group with 2 samples of one token: the
+    engines worked for the sum of the rounds' slowest groups (not the slowest round alone) and
+    produced the tokens of all 14 groups, the 7 set aside included."""
+    class Timed(HalfFlatRollout):
+        def generate(self, prompts, n):
+            groups = list(super().generate(prompts, n))
+            for i, g in enumerate(groups):
+                g.generate_seconds = 0.1 * len(prompts) + 0.01 * i  # a round of k prompts: its slowest 0.1k + 0.01(k-1)
+            return iter(groups)
+
+    run = make_run(**{"trainer.prompts_per_step": 8, "buffer.dynamic_sampling": True, "buffer.max_extra_rounds": 2})
+    run.rollout = Timed()
+    feed = feed_of(run, 0)
+    groups, m = feed.take(1, version=0, timing={})
+    feed.close()
+    assert [len(c) for c in run.rollout.calls] == [8, 4, 2]
+    assert m["rollout/engine_seconds"] == pytest.approx((0.8 + 0.07) + (0.4 + 0.03) + (0.2 + 0.01))
+    assert m["rollout/generated_groups"] == 14 and m["rollout/generated_tokens"] == 14 * 2
+    assert sum(s.response_length for g in groups for s in g.samples) == 8 * 2  # what rollout_stats sees
