@@ -82,29 +82,12 @@ class LearnerRank:
             "DS_ACCELERATOR": "cuda" if device == "cuda" else "cpu",
         })
         use_extensions_dir()  # DeepSpeed's JIT-built ops: this virtual environment's own (learner/ds_ops.py)
-        threads = cfg.threads_per_rank or max(1, (os.cpu_count() or 1) // max(1, local_size or world_size))
-        if cfg.cpu_cores and device == "cpu":
-            start = (rank * threads) % len(cfg.cpu_cores)
-            os.sched_setaffinity(0, {cfg.cpu_cores[(start + j) % len(cfg.cpu_cores)] for j in range(threads)})
-        torch.set_num_threads(threads)
+        self._pin_threads(cfg, rank, local_size or world_size, device)
         torch.manual_seed(cfg.seed)
-
-        import deepspeed
+        self._join_process_group(master_addr, master_port, device)
 
         from learner.engine import build_engine, build_reference
 
-        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-        backend, timeout = ("nccl" if device == "cuda" else "gloo"), timedelta(minutes=30)
-        if not torch.distributed.is_initialized():
-            # The default group forms on a TCP store that rank 0 serves from a socket on master_addr
-            # alone (torch's own store would listen on every interface); DeepSpeed adopts the group.
-            store = rendezvous_store(master_addr, master_port, rank, world_size, timeout,
-                                     self._listening.pop(master_port, None))
-            torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout, verbose=False)
-        if device == "cpu":
-            self._barrier()  # every rank has mapped every rank's all-reduce segment: the names can go
-            release_shm_segment(master_addr, master_port, rank)
         model = self.load_model(model_path, cfg)
         # MoE router balance loss: on when learner.moe_aux_loss_coef > 0, or (left None) when the
         # model's own config asks for router logits with a positive coefficient.
@@ -122,6 +105,34 @@ class LearnerRank:
             self.ref = build_reference(self.load_model(model_path, cfg), cfg, world_size, self.device)
         self._layout: Optional[WeightLayout] = None
         self._sender: Optional[WeightSender] = None
+
+    @staticmethod
+    def _pin_threads(cfg: LearnerConfig, rank: int, ranks_here: int, device: str) -> None:
+        """Torch threads: cfg.threads_per_rank, or this node's cores shared among its ranks; with
+        cfg.cpu_cores (CPU only), rank r is pinned to the r-th block of that many cores, wrapping."""
+        threads = cfg.threads_per_rank or max(1, (os.cpu_count() or 1) // max(1, ranks_here))
+        if cfg.cpu_cores and device == "cpu":
+            start = (rank * threads) % len(cfg.cpu_cores)
+            os.sched_setaffinity(0, {cfg.cpu_cores[(start + j) % len(cfg.cpu_cores)] for j in range(threads)})
+        torch.set_num_threads(threads)
+
+    def _join_process_group(self, master_addr: str, master_port: int, device: str) -> None:
+        """The learner's default process group (gloo on CPU, NCCL on GPU), adopted by DeepSpeed."""
+        import deepspeed
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        rank, world_size = self.rank, self.world_size
+        backend, timeout = ("nccl" if device == "cuda" else "gloo"), timedelta(minutes=30)
+        if not torch.distributed.is_initialized():
+            # The default group forms on a TCP store that rank 0 serves from a socket on master_addr
+            # alone (torch's own store would listen on every interface); DeepSpeed adopts the group.
+            store = rendezvous_store(master_addr, master_port, rank, world_size, timeout,
+                                     self._listening.pop(master_port, None))
+            torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout, verbose=False)
+        if device == "cpu":
+            self._barrier()  # every rank has mapped every rank's all-reduce segment: the names can go
+            release_shm_segment(master_addr, master_port, rank)
 
     def load_model(self, model_path: str, cfg: LearnerConfig):
         """The model this rank trains (learner/critic.py's CriticRank: the value model)."""

@@ -217,10 +217,16 @@ def run_python(
             out, err, host_reason = _collect(proc, start + limits.wall_s + START_GRACE_S, limits.max_output_bytes)
             status = _parse_status(status_pipe.read())
         duration = time.monotonic() - start
+    return _result(status, host_reason, proc.returncode, out, err, duration, limits, isolated)
+
+
+def _result(status: dict, host_reason: Optional[str], returncode: Optional[int], out: bytes, err: bytes,
+            duration: float, limits: SandboxLimits, isolated: bool) -> SandboxResult:
+    """How the program ended, from the status the sandbox's init wrote and what the host saw."""
     if "setup_error" in status:
         raise SandboxError(f"sandbox set-up failed: {status['setup_error']}")
     if not status and host_reason is None:
-        raise SandboxError(f"sandbox exited without a status (exit {proc.returncode}): {err[-500:]!r}")
+        raise SandboxError(f"sandbox exited without a status (exit {returncode}): {err[-500:]!r}")
     timed_out = bool(status.get("timed_out")) or host_reason == "timeout"
     sig = status.get("signal")
     reason = host_reason or ("timeout" if timed_out else None)
