@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from actors.config import RolloutConfig
+from learner.cpu_cores import core_block
 
 
 def llm_kwargs(model_path: str, cfg: RolloutConfig, dtype: str, worker_index: int, device: str,
@@ -55,9 +56,4 @@ def cpu_placement(cfg: RolloutConfig, worker_index: int) -> tuple[int, list[int]
     pool = list(cfg.cpu_cores) or (allowed if cfg.num_workers > 1 else [])
     if not pool:
         return threads, []
-    start = (worker_index * threads) % len(pool)
-    cores = sorted({pool[(start + j) % len(pool)] for j in range(threads)})
-    bad = [c for c in cores if c not in allowed]
-    if bad:
-        raise ValueError(f"rollout.cpu_cores: cores {bad} are not available to this process (allowed: {allowed})")
-    return threads, cores
+    return threads, core_block(pool, worker_index, threads, "rollout.cpu_cores")

@@ -24,6 +24,7 @@ import torch
 from learner import train_step as steps
 from learner.batch import LearnerBatch
 from learner.config import AlgorithmConfig, LearnerConfig
+from learner.cpu_cores import core_block
 from learner.ds_ops import use_extensions_dir
 from learner.logprobs import MicroBatch, response_logprobs
 from learner.moe import RouterHooks, routing_metrics, topk_routers
@@ -108,12 +109,12 @@ class LearnerRank:
 
     @staticmethod
     def _pin_threads(cfg: LearnerConfig, rank: int, ranks_here: int, device: str) -> None:
-        """Torch threads: cfg.threads_per_rank, or this node's cores shared among its ranks; with
-        cfg.cpu_cores (CPU only), rank r is pinned to the r-th block of that many cores, wrapping."""
-        threads = cfg.threads_per_rank or max(1, (os.cpu_count() or 1) // max(1, ranks_here))
+        """Torch threads: cfg.threads_per_rank, or the cores this process may use shared among the node's
+        ranks; with cfg.cpu_cores (CPU only), rank r is pinned to the r-th block of that many cores,
+        wrapping (learner/cpu_cores.py, the rule rollout workers follow too)."""
+        threads = cfg.threads_per_rank or max(1, len(os.sched_getaffinity(0)) // max(1, ranks_here))
         if cfg.cpu_cores and device == "cpu":
-            start = (rank * threads) % len(cfg.cpu_cores)
-            os.sched_setaffinity(0, {cfg.cpu_cores[(start + j) % len(cfg.cpu_cores)] for j in range(threads)})
+            os.sched_setaffinity(0, core_block(cfg.cpu_cores, rank, threads, "learner.cpu_cores"))
         torch.set_num_threads(threads)
 
     def _join_process_group(self, master_addr: str, master_port: int, device: str) -> None:
