@@ -34,7 +34,7 @@ def test_run_config_sides_follow_the_model_and_tolerance_follows_the_sides():
     assert (fast.model.dtype, fast.rollout.dtype, fast.learner.dtype) == ("bfloat16",) * 3
     assert fast.weight_sync.verify_tolerance == 2e-2 and "bf16 instructions" in lines[0]
     plain, _ = resolve_run_dtypes(cfg, AVX2_ONLY)
-    assert (plain.rollout.dtype, plain.learner.dtype, plain.weight_sync.verify_tolerance) == ("float32", "float32", 1e-4)
+    assert (plain.rollout.dtype, plain.learner.dtype, plain.weight_sync.verify_tolerance) == ("float32", "float32", 1e-3)
     assert cfg.model.dtype == "auto"  # the caller's config is not modified
     mixed, lines = resolve_run_dtypes(load_config(None, ["learner.dtype=bfloat16", "model.dtype=float32"]), AVX2_ONLY)
     assert mixed.rollout.dtype == "float32" and mixed.weight_sync.verify_tolerance == 2e-2
