@@ -12,6 +12,7 @@ the wall time of the whole command, the median RL step, and where the config has
 weight-sync probe difference and the lowest routing agreement. A seed meets the floor when its gain
 is at least --floor points and its wall time at most --minutes.
 
+A seed whose run fails is recorded as failed (exit code, last line, its log) and the next seed runs.
 Appends to scripts/results/demo_seeds.json (one entry per invocation: config, overrides, machine,
 commit, date, the seeds) and prints the rows in README's table format. Run directories go under
 --work (default: a temporary directory, removed afterwards).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -62,7 +64,7 @@ def summarise(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
 
 
 def meets(s: dict[str, Any], floor: float, minutes: float) -> bool:
-    return s["gain"] >= floor and s["wall_s"] <= 60 * minutes
+    return "failed" not in s and s["gain"] >= floor and s["wall_s"] <= 60 * minutes
 
 
 def minutes_seconds(seconds: float) -> str:
@@ -71,6 +73,8 @@ def minutes_seconds(seconds: float) -> str:
 
 def table_row(seed: int, s: dict[str, Any], floor: float, minutes: float) -> str:
     """README's row: | seed | warm start | before -> after RL (in-between) | gain | wall (median step) |."""
+    if "failed" in s:
+        return f"| {seed} | failed: {s['failed']} | | | {minutes_seconds(s['wall_s'])} |"
     acc = s["accuracy"]
     between = " / ".join(f"{a:.1f}" for _, a in acc[1:-1])
     gain = f"{s['gain']:+.1f}"
@@ -86,14 +90,18 @@ def run_seed(config: str, seed: int, overrides: list[str], run_dir: Path) -> dic
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    (run_dir.parent / f"seed{seed}.log").write_text(done.stdout + done.stderr)
-    if done.returncode:
-        raise SystemExit(f"seed {seed} failed ({' '.join(cmd)}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    log = run_dir.parent / f"seed{seed}.log"
+    log.write_text(done.stdout + done.stderr)
+    if done.returncode:  # recorded, and the other seeds still run
+        last = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()][-1:] or [""]
+        print(f"seed {seed} failed ({' '.join(cmd)}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}", file=sys.stderr)
+        return {"failed": f"exit {done.returncode}: {last[0][:200]}", "wall_s": round(wall, 1), "log": str(log)}
     return summarise(read_metrics(run_dir), wall)
 
 
-def record(entry: dict[str, Any], path: Path = RESULTS) -> None:
-    """Append `entry` to the results file (a JSON list; earlier entries kept)."""
+def record(entry: dict[str, Any], path: Optional[Path] = None) -> None:
+    """Append `entry` to the results file (default RESULTS; a JSON list, earlier entries kept)."""
+    path = path or RESULTS
     entries = json.loads(path.read_text()) if path.exists() else []
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([*entries, entry], indent=1) + "\n")
@@ -107,8 +115,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--minutes", type=float, default=15.0, help="within this wall time, start-up included")
     parser.add_argument("--work", type=Path, default=None, help="keep the run directories here")
     argv = sys.argv[1:] if argv is None else argv
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []  # as relayrl train takes them
-    args = parser.parse_args(argv[:len(argv) - len(overrides) - (1 if "--" in argv else 0)])
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, overrides = parser.parse_args(argv[:split]), argv[split + 1:]  # overrides as relayrl train takes them
     from machine import describe, git_commit, one_line
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +130,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     record({"config": args.config, "overrides": overrides, "machine": machine, "commit": git_commit(),
             "date": time.strftime("%Y-%m-%d"), "floor": args.floor, "minutes": args.minutes, "seeds": seeds})
     print(f"{len(met)} of {len(seeds)} seeds gained >= {args.floor:g} points within {args.minutes:g} min "
-          f"on {one_line(machine)}; wrote {RESULTS.relative_to(ROOT)}")
+          f"on {one_line(machine)}; wrote {os.path.relpath(RESULTS, ROOT)}")
     return 0 if len(met) == len(seeds) else 1
 
 

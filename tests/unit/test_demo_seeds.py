@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import demo_seeds  # noqa: E402
 from demo_seeds import meets, record, summarise, table_row  # noqa: E402
 
 pytestmark = pytest.mark.unit
@@ -54,3 +55,35 @@ def test_readme_row(tmp_path):
     record({"seeds": {0: 1}}, out)
     record({"seeds": {1: 2}}, out)
     assert json.loads(out.read_text()) == [{"seeds": {"0": 1}}, {"seeds": {"1": 2}}]  # appended, kept
+
+
+def test_a_failed_seed_is_recorded_and_the_next_still_runs(tmp_path, monkeypatch):
+    """A seed whose run exits non-zero: its row says so, it misses the floor, the seeds after it run,
+    and the results file gets the entry (it used to stop there and record nothing)."""
+    import subprocess
+    import types
+
+    calls, real_run = [], subprocess.run
+
+    def fake_run(cmd, *args, **kwargs):
+        if "train" not in cmd:  # machine.py's own probes (git, lscpu)
+            return real_run(cmd, *args, **kwargs)
+        seed = int(next(a for a in cmd if a.startswith("trainer.seed=")).split("=")[1])
+        calls.append(seed)
+        if seed == 1:
+            return types.SimpleNamespace(returncode=1, stdout="step 400\n", stderr="RuntimeError: probe\n\n")
+        run_dir = Path(next(a for a in cmd if a.startswith("logging.run_dir=")).split("=", 1)[1])
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows()))
+        return types.SimpleNamespace(returncode=0, stdout="", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(demo_seeds, "RESULTS", tmp_path / "results.json")
+    code = demo_seeds.main(["configs/demo_moe.yaml", "--seeds", "0", "1", "2", "--work", str(tmp_path / "w"),
+                            "--", "trainer.total_steps=4"])
+    assert code == 1 and calls == [0, 1, 2]
+    entry = json.loads((tmp_path / "results.json").read_text())[-1]
+    assert entry["overrides"] == ["trainer.total_steps=4"]
+    assert entry["seeds"]["1"]["failed"] == "exit 1: RuntimeError: probe"
+    assert entry["seeds"]["0"]["gain"] == entry["seeds"]["2"]["gain"] == 26.0
+    assert table_row(1, entry["seeds"]["1"], 20, 15).startswith("| 1 | failed: exit 1: RuntimeError: probe |")
