@@ -63,6 +63,10 @@ class WarmStartConfig:
     target_accuracy: float = 0.0
     check_every: int = 50
     check_prompts: int = 256
+    # MoE router load-balancing loss in the warm start only; None: learner.moe_aux_loss_coef, as in RL.
+    # The warm start stands in for pretraining, which balances experts (Qwen3-MoE: 1e-3, Mixtral: 2e-2);
+    # RL then runs without it as the peers do (README "MoE")
+    moe_aux_loss_coef: Optional[float] = None
 
 
 @dataclasses.dataclass

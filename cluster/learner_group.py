@@ -92,16 +92,19 @@ class LearnerGroup:
         `model_path` (every rank)."""
         self._call("reset_reference", model_path)
 
-    def sft_step(self, batch: LearnerBatch, lr: Optional[float] = None) -> dict[str, float]:
+    def sft_step(self, batch: LearnerBatch, lr: Optional[float] = None,
+                 aux_coef: Optional[float] = None) -> dict[str, float]:
         """One supervised step. Sequences are dealt round-robin: uneven shards are fine (the loss
         uses the global token count)."""
-        return self.sft_steps([batch], lr)[0]
+        return self.sft_steps([batch], lr, aux_coef)[0]
 
-    def sft_steps(self, batches: Sequence[LearnerBatch], lr: Optional[float] = None) -> list[dict[str, float]]:
-        """Consecutive supervised steps in one call per rank; rank 0's metrics of each step."""
+    def sft_steps(self, batches: Sequence[LearnerBatch], lr: Optional[float] = None,
+                  aux_coef: Optional[float] = None) -> list[dict[str, float]]:
+        """Consecutive supervised steps in one call per rank; rank 0's metrics of each step. `lr` and
+        `aux_coef` (the MoE balance loss's coefficient) override the learner's for these steps."""
         K = len(self)
         shards = [[b.select(list(range(r, len(b), K))) for b in batches] for r in range(K)]
-        results = self._call_each("sft_steps", [((shards[r], lr), {}) for r in range(K)])
+        results = self._call_each("sft_steps", [((shards[r], lr, aux_coef), {}) for r in range(K)])
         for step in zip(*results):
             _check_agree(list(step), ("sft/loss", "sft/grad_norm"), "sft_step")
         return results[0]

@@ -434,6 +434,9 @@ def warm_start_target(cfg: RunConfig) -> Optional[str]:
     ws = cfg.trainer.warm_start
     if not 0.0 <= ws.target_accuracy <= 1.0:
         return f"trainer.warm_start.target_accuracy={ws.target_accuracy} must be in [0, 1] (0 = run all steps)"
+    if ws.moe_aux_loss_coef is not None and ws.moe_aux_loss_coef < 0:
+        return (f"trainer.warm_start.moe_aux_loss_coef={ws.moe_aux_loss_coef} must be >= 0 (0 = off, "
+                "unset = learner.moe_aux_loss_coef)")
     if ws.target_accuracy == 0 or ws.steps <= 0:  # no target, or no warm start (steps=0 turns it off)
         return None
     problems = [f"{k}={v}" for k, v in (("check_every", ws.check_every), ("check_prompts", ws.check_prompts)) if v < 1]

@@ -40,7 +40,7 @@ def warm_start(run: "Run", logger: MetricsLogger, version: int) -> None:
         if check:
             last = min(last, (step // ws.check_every + 1) * ws.check_every)
         batches = [sft_batch(rng.sample(examples, min(ws.batch_size, len(examples)))) for _ in range(step, last)]
-        for i, m in enumerate(run.learner.sft_steps(batches, ws.lr), start=step + 1):
+        for i, m in enumerate(run.learner.sft_steps(batches, ws.lr, ws.moe_aux_loss_coef), start=step + 1):
             logger.log(i, m, kind="warm_start")
             if i % report_every == 0 or i == ws.steps:
                 logger.print(f"warm start {i}/{ws.steps}: loss {m['sft/loss']:.4f}")

@@ -94,7 +94,8 @@ class LearnerRank:
         # model's own config asks for router logits with a positive coefficient.
         self._aux_coef = float(getattr(model.config, "router_aux_loss_coef", 0.0) or 0.0)
         wants_aux = cfg.moe_aux_loss_coef is not None or bool(getattr(model.config, "output_router_logits", False))
-        self._router_aux = hasattr(model.config, "router_aux_loss_coef") and wants_aux and self._aux_coef > 0
+        self._has_aux = hasattr(model.config, "router_aux_loss_coef")  # an MoE model transformers balances
+        self._router_aux = self._has_aux and wants_aux and self._aux_coef > 0
         # MoE: expert load, agreement with the sampler's routing, and routing replay (learner/moe.py)
         self._router = RouterHooks(model, replay=cfg.routing_replay) if topk_routers(model) else None
         if cfg.routing_replay and self._router is None:
@@ -146,8 +147,16 @@ class LearnerRank:
 
     # ---- what learner/train_step.py needs (its Engine protocol) --------------------------------
     def forward(self, mb: MicroBatch, *, grad: bool, entropy_grad: bool = False, reference: bool = False,
-                temperature: Optional[float] = None, measure_routing: bool = False):
+                temperature: Optional[float] = None, measure_routing: bool = False,
+                router_aux: Optional[bool] = None):
+        """`router_aux` overrides whether a grad forward computes the MoE balance loss (None: the
+        learner's setting)."""
         model = self.ref if reference else self.engine
+        aux = self._router_aux if router_aux is None else router_aux
+        if aux and not self._has_aux:
+            raise ValueError("a router balance loss was asked for (learner.moe_aux_loss_coef or "
+                             "trainer.warm_start.moe_aux_loss_coef > 0) but the model is not a transformers MoE "
+                             "with a router: set it to 0")
         hooks = self._router if not reference else None
         if hooks is not None:  # MoE: measure, and replay the recorded routing (learner/moe.py)
             hooks.begin(mb, measure=measure_routing, replay=hooks.replay)
@@ -155,7 +164,7 @@ class LearnerRank:
             with torch.set_grad_enabled(grad):
                 return response_logprobs(model, mb, self.temperature if temperature is None else temperature,
                                          entropy=grad, entropy_grad=entropy_grad,
-                                         router_aux_loss=grad and self._router_aux and not reference)
+                                         router_aux_loss=grad and aux and not reference)
         finally:
             if hooks is not None:
                 # a grad forward keeps its routing until its backward (which gradient checkpointing
@@ -249,15 +258,18 @@ class LearnerRank:
                 with torch.no_grad():
                     dst[name].copy_(p.to(dst[name].dtype))
 
-    def sft_step(self, batch: LearnerBatch, lr: Optional[float] = None) -> dict[str, float]:
-        """*Collective.* One supervised step (token-mean cross-entropy on response tokens)."""
+    def sft_step(self, batch: LearnerBatch, lr: Optional[float] = None,
+                 aux_coef: Optional[float] = None) -> dict[str, float]:
+        """*Collective.* One supervised step (token-mean cross-entropy on response tokens); `aux_coef`
+        overrides the MoE balance loss's coefficient for it."""
         self.engine.train()
-        return steps.sft_on_batch(self, batch, lr)
+        return steps.sft_on_batch(self, batch, lr, aux_coef)
 
-    def sft_steps(self, batches: Sequence[LearnerBatch], lr: Optional[float] = None) -> list[dict[str, float]]:
+    def sft_steps(self, batches: Sequence[LearnerBatch], lr: Optional[float] = None,
+                  aux_coef: Optional[float] = None) -> list[dict[str, float]]:
         """*Collective.* Several supervised steps in one call: a warm start of hundreds of tiny steps
         would otherwise pay a driver round trip (and a batch build) per step."""
-        return [self.sft_step(b, lr) for b in batches]
+        return [self.sft_step(b, lr, aux_coef) for b in batches]
 
     def probe_logprobs(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
                        temperature: Optional[float] = None) -> list[list[float]]:

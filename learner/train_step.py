@@ -56,6 +56,7 @@ class Engine(Protocol):
 
     def forward(self, mb: MicroBatch, *, grad: bool, entropy_grad: bool = False, reference: bool = False,
                 temperature: Optional[float] = None, measure_routing: bool = False,
+                router_aux: Optional[bool] = None,
                 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]: ...
     def backward(self, loss: torch.Tensor) -> None: ...
     def optimizer_step(self, lr: Optional[float] = None, advance_schedule: bool = True) -> tuple[float, float, bool]: ...
@@ -386,10 +387,13 @@ def _sampler_diff(m_: Metrics, batch: LearnerBatch, learner_lp: dict[int, torch.
 
 # ---- supervised (warm start) ------------------------------------------------------------------
 
-def sft_on_batch(eng: Engine, batch: LearnerBatch, lr: Optional[float] = None) -> dict[str, float]:
+def sft_on_batch(eng: Engine, batch: LearnerBatch, lr: Optional[float] = None,
+                 aux_coef: Optional[float] = None) -> dict[str, float]:
     """One optimizer step of token-mean cross-entropy on the response tokens (temperature 1), with
     the global token count, so any number of ranks gives the same update. Does not advance the RL
-    LR schedule; `lr` overrides the learning rate for this step only."""
+    LR schedule; `lr` overrides the learning rate for this step only, `aux_coef` the MoE router
+    balance loss's coefficient (None: the learner's, as in the RL step)."""
+    coef = eng.aux_loss_coef() if aux_coef is None else aux_coef
     t0 = time.perf_counter()
     R = batch.loss_token_counts()
     idx = [i for i in range(len(batch)) if bool(batch.loss_mask[i]) and R[i] > 0]
@@ -398,12 +402,13 @@ def sft_on_batch(eng: Engine, batch: LearnerBatch, lr: Optional[float] = None) -
     m_ = Metrics()
     for mb_idx in plan:
         mb = collate(batch.input_ids, batch.prompt_lengths, mb_idx, batch.routed_experts, batch.token_masks)
-        lp, _, aux = eng.forward(mb, grad=True, temperature=1.0)
+        lp, _, aux = eng.forward(mb, grad=True, temperature=1.0,
+                                 router_aux=None if aux_coef is None else aux_coef > 0)
         mask = mb.train_mask.to(lp.device)
         loss = torch.where(mask, -lp, torch.zeros_like(lp)).sum() / max(g_tokens, 1.0)
         m_.add("sft/loss", loss.item())
-        if aux is not None:  # MoE router balance loss (learner.moe_aux_loss_coef), as in the RL step
-            loss = loss + eng.aux_loss_coef() * aux / (len(plan) * eng.world_size)
+        if aux is not None:  # MoE router balance loss, as in the RL step
+            loss = loss + coef * aux / (len(plan) * eng.world_size)
             m_.mean("sft/moe_aux_loss", aux.item(), 1.0)
         eng.backward(poison_nonfinite(loss) * eng.world_size)
         m_.add("sft/tokens", float(mask.sum()))

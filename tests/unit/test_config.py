@@ -76,6 +76,7 @@ def test_override_without_equals_sign():
     ({"trainer.warm_start.target_accuracy": 1.5}, "warm_start_target", "must be in [0, 1]"),
     ({"trainer.warm_start.target_accuracy": 0.3, "trainer.warm_start.steps": 100, "trainer.warm_start.check_every": 0},
      "warm_start_target", "check_every=0"),
+    ({"trainer.warm_start.moe_aux_loss_coef": -0.01}, "warm_start_target", "moe_aux_loss_coef=-0.01 must be >= 0"),
     ({"model.dtype": "fp8"}, "enum_values", "model.dtype='fp8' (valid: auto, float32, bfloat16)"),
     ({"learner.zero_stage": 4}, "enum_values", "learner.zero_stage=4 (valid: 0, 1, 2, 3)"),
     ({"rollout.dtype": "fp16"}, "enum_values", "rollout.dtype='fp16' (valid: '', float32, bfloat16)"),

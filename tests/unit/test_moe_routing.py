@@ -228,7 +228,7 @@ def test_replayed_gating_weights_reach_the_experts_in_fp32(moe_model):
 def test_warm_start_adds_the_router_balance_loss(moe_model):
     """learner.moe_aux_loss_coef > 0: the supervised warm start's loss gains coef x the router
     balance loss, as the RL step's does (it used to be computed and dropped); sft/loss stays the
-    cross-entropy."""
+    cross-entropy. A coefficient given for the steps (trainer.warm_start.moe_aux_loss_coef) overrides it."""
     import copy
 
     from learner.batch import LearnerBatch
@@ -241,9 +241,11 @@ def test_warm_start_adds_the_router_balance_loss(moe_model):
             self.model, self.coef = copy.deepcopy(moe_model), coef
             self.model.config.router_aux_loss_coef = coef
 
-        def forward(self, mb, *, grad, entropy_grad=False, reference=False, temperature=None, measure_routing=False):
+        def forward(self, mb, *, grad, entropy_grad=False, reference=False, temperature=None, measure_routing=False,
+                    router_aux=None):
             with torch.set_grad_enabled(grad):
-                return response_logprobs(self.model, mb, 1.0, router_aux_loss=self.coef > 0)
+                aux = self.coef > 0 if router_aux is None else router_aux
+                return response_logprobs(self.model, mb, 1.0, router_aux_loss=aux)
 
         def backward(self, loss):
             loss.backward()
@@ -264,6 +266,10 @@ def test_warm_start_adds_the_router_balance_loss(moe_model):
                          torch.ones(n, dtype=torch.bool))
     plain, balanced = OneRank(0.0), OneRank(0.5)
     m0, m1 = sft_on_batch(plain, batch), sft_on_batch(balanced, batch)
+    # trainer.warm_start.moe_aux_loss_coef: a coefficient for these steps overrides the learner's both ways
+    override_on, override_off = OneRank(0.0), OneRank(0.5)
+    m2, m3 = sft_on_batch(override_on, batch, aux_coef=0.5), sft_on_batch(override_off, batch, aux_coef=0.0)
+    assert m2["sft/moe_aux_loss"] == pytest.approx(m1["sft/moe_aux_loss"], rel=1e-6) and "sft/moe_aux_loss" not in m3
     assert m1["sft/loss"] == pytest.approx(m0["sft/loss"], rel=1e-6)  # the cross-entropy alone
     assert "sft/moe_aux_loss" not in m0 and m1["sft/moe_aux_loss"] > 0
     # the gradient difference is 0.5 x the gradient of the balance loss of the same forward
@@ -280,3 +286,5 @@ def test_warm_start_adds_the_router_balance_loss(moe_model):
         p0, p1, pa = params[name]
         assert pa.grad.abs().max() > 1e-4  # the balance loss moves the router
         torch.testing.assert_close(p1.grad - p0.grad, 0.5 * pa.grad, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(override_on.model.get_parameter(name).grad, p1.grad)
+        torch.testing.assert_close(override_off.model.get_parameter(name).grad, p0.grad)

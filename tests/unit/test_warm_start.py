@@ -27,9 +27,11 @@ class Learner:
     def __init__(self):
         self.steps = 0
         self.firsts = []  # each batch's first sequence: which examples were drawn
+        self.aux_coefs = set()  # the balance-loss coefficients the calls asked for
 
-    def sft_steps(self, batches, lr):
+    def sft_steps(self, batches, lr, aux_coef=None):
         self.steps += len(batches)
+        self.aux_coefs.add(aux_coef)
         self.firsts += [b.input_ids[0].tolist() for b in batches]
         return [{"sft/loss": 1.0} for _ in batches]
 
@@ -73,6 +75,12 @@ def test_stops_at_the_first_check_that_reaches_the_target(monkeypatch):
     assert checked == [(50, 16, 0), (100, 16, 0), (150, 16, 0)]
     assert learner.steps == 150 and [s for s, _, _ in logger.rows] == list(range(1, 151))
     assert "150 supervised steps" in logger.lines[-1] and "36.0% >= target 35%" in logger.lines[-1]
+
+
+def test_the_warm_start_passes_its_own_balance_loss_coefficient(monkeypatch):
+    # unset: None, so the learner uses learner.moe_aux_loss_coef; set: that value, on every call
+    assert run_with(monkeypatch, [], steps=60)[0].aux_coefs == {None}
+    assert run_with(monkeypatch, [], steps=60, moe_aux_loss_coef=0.01)[0].aux_coefs == {0.01}
 
 
 def test_an_unreached_target_takes_every_step_and_checks_the_last(monkeypatch):
