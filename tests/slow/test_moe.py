@@ -21,7 +21,14 @@ def moe_rows(tmp_path, name, *extra):
     assert cfg.learner.num_ranks == 2 and cfg.learner.zero_stage == 3 and cfg.learner.routing_replay
     run_dir = train(cfg)
     assert (run_dir / "expert_load.png").exists()  # the load and agreement curves of an MoE run
-    return [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+    rows = read_metrics(run_dir)
+    # the demo's warm start trains the router's balance loss (trainer.warm_start.moe_aux_loss_coef), on
+    # both ranks' tokens; RL runs without it (learner.moe_aux_loss_coef 0)
+    warm = [r for r in rows if r["kind"] == "warm_start" and "sft/loss" in r]
+    assert len(warm) == 30 and all(r["sft/moe_aux_loss"] > 0 for r in warm)
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert train_rows and not any("learner/moe_aux_loss" in r for r in train_rows)
+    return train_rows
 
 
 def check_moe_step(r):
