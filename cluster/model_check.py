@@ -17,7 +17,7 @@ What is checked:
                    special-token ids < vocab_size; no missing transformer layers; an untied model
                    has its lm_head
   against the run  rollout.max_model_len within the model's positions; a chat template exists when
-                   data.chat_template=true
+                   data.chat_template=true; a router balance loss asked for only of an MoE model
 Not checked (would need the heavy libraries): that the architecture is one vLLM supports, and
 tensor names beyond the embedding / lm_head / layer indices.
 """
@@ -54,6 +54,7 @@ class ModelInfo:
     max_positions: int  # the model's context length (0: unknown, or stretched by rope scaling)
     has_chat_template: bool
     tensors: dict[str, list[int]]  # name -> shape, from the safetensors headers
+    balances_router: bool = False  # a transformers MoE with a router balance loss (config router_aux_loss_coef)
 
 
 def check_model_dir(path: str | Path, cfg: Optional[RunConfig] = None, need_safetensors: bool = True,
@@ -81,7 +82,8 @@ def check_model_dir(path: str | Path, cfg: Optional[RunConfig] = None, need_safe
     text = config.get("text_config")
     lm = {**config, **(text if isinstance(text, dict) else {})}  # multimodal configs keep the LM's fields in text_config
     vocab_size = lm.get("vocab_size") if isinstance(lm.get("vocab_size"), int) else 0
-    info = ModelInfo(vocab_size, tokenizer_size, _max_positions(lm), has_chat_template, tensors)
+    info = ModelInfo(vocab_size, tokenizer_size, _max_positions(lm), has_chat_template, tensors,
+                     "router_aux_loss_coef" in lm)
     if config:
         problems += _consistency(lm, info)
     if cfg is not None:
@@ -305,6 +307,13 @@ def _fits_run(info: ModelInfo, cfg: RunConfig) -> list[str]:
         problems.append("data.chat_template=true but the model has no chat template (no 'chat_template' in "
                         "tokenizer_config.json, no chat_template.jinja): set data.chat_template=false and write the "
                         "format into data.prompt_template, or add the template file")
+    ws = cfg.trainer.warm_start
+    asked = [f"{k}={v}" for k, v in (("learner.moe_aux_loss_coef", cfg.learner.moe_aux_loss_coef),
+                                      ("trainer.warm_start.moe_aux_loss_coef", ws.moe_aux_loss_coef if ws.steps > 0 else None))
+             if v is not None and v > 0]
+    if asked and not info.balances_router:
+        problems.append(f"{' and '.join(asked)} asks for a router balance loss, but the model is not a Mixture-of-Experts "
+                        "(no router_aux_loss_coef in config.json): set it to 0")
     return problems
 
 

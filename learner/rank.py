@@ -154,6 +154,7 @@ class LearnerRank:
         model = self.ref if reference else self.engine
         aux = self._router_aux if router_aux is None else router_aux
         if aux and not self._has_aux:
+            # cluster/model_check.py refuses such a run before it starts; this guards direct callers
             raise ValueError("a router balance loss was asked for (learner.moe_aux_loss_coef or "
                              "trainer.warm_start.moe_aux_loss_coef > 0) but the model is not a transformers MoE "
                              "with a router: set it to 0")

@@ -211,6 +211,23 @@ def test_run_settings_checked_against_the_model(tmp_path):
     check_model_dir(d, cfg)
 
 
+def test_a_router_balance_loss_needs_an_moe_model(tmp_path):
+    """learner.moe_aux_loss_coef or trainer.warm_start.moe_aux_loss_coef > 0 on a dense model would
+    otherwise run without it (or stop at the warm start's first step): refused before anything starts."""
+    dense = make_model_dir(tmp_path / "dense")
+    cfg = RunConfig()
+    cfg.learner.moe_aux_loss_coef = 0.01
+    msg = problems_of(dense, cfg)
+    assert "learner.moe_aux_loss_coef=0.01 asks for a router balance loss, but the model is not a Mixture-of-Experts" in msg
+    cfg.learner.moe_aux_loss_coef = 0.0
+    cfg.trainer.warm_start.moe_aux_loss_coef = 0.01
+    check_model_dir(dense, cfg)  # no warm start: the warm start's coefficient is unused
+    cfg.trainer.warm_start.steps = 100
+    assert "trainer.warm_start.moe_aux_loss_coef=0.01 asks" in problems_of(dense, cfg)
+    moe = make_model_dir(tmp_path / "moe", model_type="qwen3_moe", num_experts=8, router_aux_loss_coef=0.001)
+    assert check_model_dir(moe, cfg).balances_router
+
+
 def test_rope_scaling_leaves_the_context_length_to_the_engine(tmp_path):
     d = make_model_dir(tmp_path / "m", rope_scaling={"rope_type": "yarn", "factor": 4.0})
     cfg = RunConfig()
