@@ -24,8 +24,9 @@ def moe_rows(tmp_path, name, *extra):
     rows = read_metrics(run_dir)
     # the demo's warm start trains the router's balance loss (trainer.warm_start.moe_aux_loss_coef), on
     # both ranks' tokens; RL runs without it (learner.moe_aux_loss_coef 0)
+    # (step 30's row is its accuracy check's: read_metrics keeps the last row of a (kind, step))
     warm = [r for r in rows if r["kind"] == "warm_start" and "sft/loss" in r]
-    assert len(warm) == 30 and all(r["sft/moe_aux_loss"] > 0 for r in warm)
+    assert [r["step"] for r in warm] == list(range(1, 30)) and all(r["sft/moe_aux_loss"] > 0 for r in warm)
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert train_rows and not any("learner/moe_aux_loss" in r for r in train_rows)
     return train_rows
