@@ -9,7 +9,8 @@ from the repository root, one seed after another (a run repeats exactly on one m
 not; the same seed on another machine kind is another run: the kernels round differently). Per seed:
 the warm start (steps, seconds), held-out accuracy at every evaluation, the gain (last minus first),
 the wall time of the whole command, the median RL step, and where the config has them the largest
-weight-sync probe difference and the lowest routing agreement. A seed meets the floor when its gain
+weight-sync probe difference and the lowest routing agreements (the learner's own top-k against the
+sampler's, and the experts its forward used: 1.0 with routing replay). A seed meets the floor when its gain
 is at least --floor points and its wall time at most --minutes.
 
 A seed whose run fails is recorded as failed (exit code, last line, its log) and the next seed runs.
@@ -48,7 +49,7 @@ def summarise(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         raise ValueError("a run needs held-out evaluations before and after RL (data.eval_files) to have a gain")
     accuracy = [(int(r["step"]), round(100 * r["eval/accuracy"], 1)) for r in evals]
     probe = [r["sync/probe_max_abs_diff"] for r in train if "sync/probe_max_abs_diff" in r]
-    agreement = [r["moe/routing_agreement"] for r in train if "moe/routing_agreement" in r]
+    lowest = lambda key: min((r[key] for r in train if key in r), default=None)  # noqa: E731
     return {
         # the first row is logged after its step: its own seconds stand for the time before it
         "warm_start_steps": int(warm[-1]["step"]) if warm else 0,
@@ -59,7 +60,9 @@ def summarise(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         "median_step_s": round(statistics.median(r["timing/step"] for r in train), 3) if train else None,
         "wall_s": round(wall_s, 1),
         "probe_max": max(probe) if probe else None,
-        "routing_agreement_min": min(agreement) if agreement else None,
+        # the learner's own top-k against the sampler's, and the experts it computed with (1.0 with replay)
+        "routing_agreement_min": lowest("moe/routing_agreement"),
+        "used_routing_agreement_min": lowest("moe/used_routing_agreement"),
     }
 
 
