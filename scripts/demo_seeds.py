@@ -48,8 +48,7 @@ def summarise(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     if len(evals) < 2:
         raise ValueError("a run needs held-out evaluations before and after RL (data.eval_files) to have a gain")
     accuracy = [(int(r["step"]), round(100 * r["eval/accuracy"], 1)) for r in evals]
-    probe = [r["sync/probe_max_abs_diff"] for r in train if "sync/probe_max_abs_diff" in r]
-    lowest = lambda key: min((r[key] for r in train if key in r), default=None)  # noqa: E731
+    over_steps = lambda pick, key: pick((r[key] for r in train if key in r), default=None)  # noqa: E731
     return {
         # the first row is logged after its step: its own seconds stand for the time before it
         "warm_start_steps": int(warm[-1]["step"]) if warm else 0,
@@ -59,10 +58,10 @@ def summarise(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         "rl_steps": len(train),
         "median_step_s": round(statistics.median(r["timing/step"] for r in train), 3) if train else None,
         "wall_s": round(wall_s, 1),
-        "probe_max": max(probe) if probe else None,
+        "probe_max": over_steps(max, "sync/probe_max_abs_diff"),
         # the learner's own top-k against the sampler's, and the experts it computed with (1.0 with replay)
-        "routing_agreement_min": lowest("moe/routing_agreement"),
-        "used_routing_agreement_min": lowest("moe/used_routing_agreement"),
+        "routing_agreement_min": over_steps(min, "moe/routing_agreement"),
+        "used_routing_agreement_min": over_steps(min, "moe/used_routing_agreement"),
     }
 
 
