@@ -202,15 +202,6 @@ class RewardScorer:
         group.score_seconds += time.monotonic() - start
         return group
 
-    def score_groups(self, groups: list[Group]) -> list[Group]:
-        """Several groups in one pass (better overlap of slow calls); each group's score_seconds is
-        the shared wall time."""
-        start = time.monotonic()
-        self.score([s for g in groups for s in g.samples])
-        for g in groups:
-            g.score_seconds += time.monotonic() - start
-        return groups
-
     def _function_call(self, j: int, sample: Sample) -> Any:
         _, fn, params, _ = self._functions[j]
         return lambda: _normalise(fn(sample, params))
