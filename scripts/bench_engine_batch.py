@@ -72,15 +72,22 @@ def warm_start(name: str) -> Path:
     return out / "warm_started"
 
 
-def run_side(name: str, side: str, rep: int, steps: int, model: Path) -> dict:
+def timed_run(name: str, extra: list[str], run_dir: Path, steps: int, model: Path, keys: dict[str, str],
+              env: Optional[dict[str, str]] = None) -> dict:
+    """`steps` RL steps of workload `name` from its exported warm start `model`, plus `extra` overrides:
+    the run's wall time and, per entry of `keys` (result name: metric), the median over its steps after
+    the first SKIP. The scripts that compare sides of the workloads (bench_isa.py, bench_moe_knobs.py) share it."""
     config, overrides = WORKLOADS[name]
-    run_dir = WORK / f"{name}_{side}_{rep}"
     t0 = time.perf_counter()
-    relayrl(config, [*overrides, *SIDES[side], f"model.path={model}", "model.tiny=null",
-                     "trainer.warm_start.steps=0", f"trainer.total_steps={steps}"], run_dir)
+    relayrl(config, [*overrides, *extra, f"model.path={model}", "model.tiny=null",
+                     "trainer.warm_start.steps=0", f"trainer.total_steps={steps}"], run_dir, env=env)
     train = [r for r in read_metrics(run_dir) if r["kind"] == "train"][SKIP:]
     return {"wall_s": round(time.perf_counter() - t0, 1),
-            **{k: statistics.median(r[m] for r in train) for k, m in KEYS.items()}}
+            **{k: statistics.median(r[m] for r in train) for k, m in keys.items()}}
+
+
+def run_side(name: str, side: str, rep: int, steps: int, model: Path) -> dict:
+    return timed_run(name, SIDES[side], WORK / f"{name}_{side}_{rep}", steps, model, KEYS)
 
 
 def spread(values: list[float]) -> dict:

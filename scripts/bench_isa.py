@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -28,8 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "scripts" / "bench")]
 
-from bench_engine_batch import SKIP, WORK, WORKLOADS, relayrl, spread, warm_start  # noqa: E402
-from cluster.metrics import read_metrics  # noqa: E402
+from bench_engine_batch import SKIP, WORK, spread, timed_run, warm_start  # noqa: E402
 from machine import describe, git_commit, one_line  # noqa: E402  (scripts/bench/machine.py)
 from sections import markers, publish  # noqa: E402
 
@@ -61,14 +59,7 @@ def check_emulation() -> str:
 
 
 def run_side(side: str, rep: int, steps: int, model: Path) -> dict:
-    config, overrides = WORKLOADS["moe"]
-    run_dir = WORK / f"isa_{side}_{rep}"
-    t0 = time.perf_counter()
-    relayrl(config, [*overrides, f"model.path={model}", "model.tiny=null", "trainer.warm_start.steps=0",
-                     f"trainer.total_steps={steps}"], run_dir, env=env_of(side))
-    train = [r for r in read_metrics(run_dir) if r["kind"] == "train"][SKIP:]
-    return {"wall_s": round(time.perf_counter() - t0, 1),
-            **{k: statistics.median(r[m] for r in train) for k, m in KEYS.items()}}
+    return timed_run("moe", [], WORK / f"isa_{side}_{rep}", steps, model, KEYS, env=env_of(side))
 
 
 def section(payload: dict) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "scripts" / "bench")]
 
-from bench_engine_batch import SKIP, WORK, WORKLOADS, relayrl, spread, warm_start  # noqa: E402
-from cluster.metrics import read_metrics  # noqa: E402
+from bench_engine_batch import SKIP, WORK, spread, timed_run, warm_start  # noqa: E402
 from machine import describe, git_commit, one_line  # noqa: E402  (scripts/bench/machine.py)
 from sections import markers, publish  # noqa: E402
 
@@ -90,14 +88,7 @@ def generation_alone(model: Path, rounds: int) -> dict:
 
 
 def run_side(side: str, rep: int, steps: int, model: Path) -> dict:
-    config, overrides = WORKLOADS["moe"]
-    run_dir = WORK / f"knobs_{side}_{rep}"
-    t0 = time.perf_counter()
-    relayrl(config, [*overrides, *SIDES[side], f"model.path={model}", "model.tiny=null",
-                     "trainer.warm_start.steps=0", f"trainer.total_steps={steps}"], run_dir)
-    train = [r for r in read_metrics(run_dir) if r["kind"] == "train"][SKIP:]
-    return {"wall_s": round(time.perf_counter() - t0, 1),
-            **{k: statistics.median(r[m] for r in train) for k, m in KEYS.items()}}
+    return timed_run("moe", SIDES[side], WORK / f"knobs_{side}_{rep}", steps, model, KEYS)
 
 
 def section(payload: dict) -> str:
